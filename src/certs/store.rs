@@ -1,0 +1,222 @@
+//! Served certificates: SNI name → current certificate, read lock-free on every handshake.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::sync::Notify;
+
+use super::events::{CertState, CertStatus};
+
+/// A certificate that can be served, with its validity.
+#[derive(Debug)]
+pub(crate) struct Deployed {
+    pub(crate) key: Arc<CertifiedKey>,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
+}
+
+impl Deployed {
+    /// Parses a cache file or an engine's result: a private key and a chain, leaf first.
+    ///
+    /// The leaf must name `name` (when given) and match the key.
+    pub(crate) fn from_pem(pem: &[u8], name: Option<&str>) -> Result<Self, String> {
+        let mut certs: Vec<CertificateDer<'static>> = Vec::new();
+        let mut key: Option<PrivateKeyDer<'static>> = None;
+        for item in rustls_pemfile::read_all(&mut &pem[..]) {
+            match item.map_err(|e| format!("malformed PEM: {e}"))? {
+                rustls_pemfile::Item::X509Certificate(c) => certs.push(c),
+                rustls_pemfile::Item::Pkcs8Key(k) => key = key.or(Some(k.into())),
+                rustls_pemfile::Item::Sec1Key(k) => key = key.or(Some(k.into())),
+                rustls_pemfile::Item::Pkcs1Key(k) => key = key.or(Some(k.into())),
+                _ => {}
+            }
+        }
+        let key = key.ok_or("no private key")?;
+        let leaf = certs.first().ok_or("no certificate")?;
+        let (not_before, not_after) = validity(leaf, name)?;
+        let certified = CertifiedKey::from_der(certs, key, &super::provider())
+            .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
+        Ok(Self {
+            key: Arc::new(certified),
+            not_before,
+            not_after,
+        })
+    }
+
+    /// When to start renewing: a third of the lifetime before expiry, minus up to 5 % of the
+    /// lifetime of jitter so that many names issued together do not renew together.
+    pub(crate) fn renew_at(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO);
+        let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.05);
+        self.not_after - lifetime / 3 - jitter
+    }
+}
+
+/// The leaf's validity; checks it names `name`.
+fn validity(leaf: &CertificateDer<'_>, name: Option<&str>) -> Result<(SystemTime, SystemTime), String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+    if let Some(name) = name {
+        let names: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(*d),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return Err(format!("the certificate is for {names:?}, not {name}"));
+        }
+    }
+    let to_system = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    let v = cert.validity();
+    Ok((
+        to_system(v.not_before.timestamp()),
+        to_system(v.not_after.timestamp()),
+    ))
+}
+
+/// One managed name.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) current: ArcSwapOption<Deployed>,
+    /// Woken when a certificate is deployed.
+    pub(crate) deployed: Notify,
+    pub(crate) status: Mutex<CertStatus>,
+}
+
+impl Slot {
+    fn new(name: &str, state: CertState) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            deployed: Notify::new(),
+            status: Mutex::new(CertStatus {
+                name: name.to_owned(),
+                state,
+                not_after: None,
+                last_error: None,
+                next_attempt: None,
+            }),
+        }
+    }
+
+    pub(crate) fn deploy(&self, deployed: Deployed) {
+        let not_after = deployed.not_after;
+        self.current.store(Some(Arc::new(deployed)));
+        self.deployed.notify_waiters();
+        self.update(|s| {
+            s.state = CertState::Valid;
+            s.not_after = Some(not_after);
+            s.last_error = None;
+        });
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut CertStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub(crate) fn status(&self) -> CertStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The served certificate, if any.
+    pub(crate) fn key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref().map(|d| d.key.clone())
+    }
+}
+
+/// All managed names. The set of names is fixed at construction, so the map itself is never
+/// written: only each slot's `ArcSwapOption` changes.
+#[derive(Debug)]
+pub(crate) struct CertStore {
+    slots: HashMap<String, Slot>,
+    /// Local mode: one self-signed certificate for every connection.
+    local: Option<Slot>,
+}
+
+impl CertStore {
+    pub(crate) fn new(names: &[String], local: bool) -> Self {
+        if local {
+            return Self {
+                slots: HashMap::new(),
+                local: Some(Slot::new("localhost", CertState::Local)),
+            };
+        }
+        let slots = names
+            .iter()
+            .map(|n| (n.clone(), Slot::new(n, CertState::Pending)))
+            .collect();
+        Self { slots, local: None }
+    }
+
+    pub(crate) fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    pub(crate) fn local(&self) -> Option<&Slot> {
+        self.local.as_ref()
+    }
+
+    /// The slot for a normalized name.
+    pub(crate) fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.get(name)
+    }
+
+    /// The slot that serves a handshake with this SNI (`None`: no SNI).
+    pub(crate) fn slot_for_sni(&self, sni: Option<&str>) -> Option<&Slot> {
+        if let Some(local) = &self.local {
+            return Some(local);
+        }
+        let sni = sni?;
+        let sni = sni.strip_suffix('.').unwrap_or(sni);
+        if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.slots.get(&sni.to_ascii_lowercase())
+        } else {
+            self.slots.get(sni)
+        }
+    }
+
+    pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.values().chain(self.local.iter())
+    }
+}
+
+/// rustls's view of the store for application connections.
+#[derive(Debug)]
+pub(crate) struct StoreResolver(pub(crate) Arc<crate::state::State>);
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.store.slot_for_sni(hello.server_name())?.key()
+    }
+}
+
+/// Serves one fixed certificate (TLS-ALPN-01 validation connections).
+#[derive(Debug)]
+pub(crate) struct FixedResolver(pub(crate) Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}

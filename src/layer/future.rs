@@ -1,0 +1,65 @@
+//! [`ResponseFuture`]: the inner service's future, or a ready answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::ResponseBody;
+
+pin_project! {
+    /// The future of [`AutoTlsService`](crate::AutoTlsService).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner { #[pin] future: F },
+        Answer { response: Option<Response<Option<Bytes>>> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn inner(future: F) -> Self {
+        Self {
+            kind: Kind::Inner { future },
+        }
+    }
+
+    pub(crate) fn answer(response: Response<Option<Bytes>>) -> Self {
+        Self {
+            kind: Kind::Answer {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
+            KindProj::Answer { response } => {
+                // Polled again after completion: answer 404 rather than panic.
+                let response = response
+                    .take()
+                    .unwrap_or_else(|| super::challenge::simple(http::StatusCode::NOT_FOUND, ""));
+                Poll::Ready(Ok(response.map(ResponseBody::answer)))
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! [`AutoTlsListener`]: TCP in, finished TLS streams out.
+//!
+//! `accept()` takes TCP connections and hands each to a handshake task with a deadline
+//! ([`AutoTls::handshake_timeout`], 10 s by default), up to
+//! [`AutoTls::max_pending_handshakes`] at once — beyond that, new connections are closed at
+//! once. It returns only streams whose handshake finished, so a slow or silent client never
+//! holds up the next one. TLS-ALPN-01 validation connections are answered inside the task
+//! and never returned. Application connections are offered ALPN `h2` and `http/1.1`.
+//!
+//! A handshake whose SNI is not a managed name (or that has no SNI) fails and orders nothing.
+//! A managed name whose first certificate is still being ordered waits for it, within the
+//! handshake deadline.
+
+mod handshake;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::task::JoinSet;
+
+use crate::certs::StoreResolver;
+use crate::config::AutoTls;
+use crate::error::{Error, ErrorKind};
+
+/// A TLS stream the listener yields: the handshake is complete.
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Accepts TCP connections and yields TLS streams with certificates managed by ACME.
+///
+/// Use it with `axum::serve` (it implements `axum::serve::Listener` with the `axum`
+/// feature) or in any accept loop:
+///
+/// ```no_run
+/// # async fn run(tls: autotls::AutoTls) -> Result<(), autotls::Error> {
+/// let mut listener = tls.bind("[::]:443").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await;
+///     // hand `stream` to hyper-util's server builder
+/// #   drop((stream, peer));
+/// }
+/// # }
+/// ```
+pub struct AutoTlsListener {
+    tcp: TcpListener,
+    tls: AutoTls,
+    app_config: Arc<ServerConfig>,
+    handshakes: JoinSet<Option<(TlsStream, SocketAddr)>>,
+    handshake_timeout: Duration,
+    max_pending: usize,
+}
+
+impl fmt::Debug for AutoTlsListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AutoTlsListener")
+            .field("local_addr", &self.tcp.local_addr().ok())
+            .field("pending_handshakes", &self.handshakes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AutoTls {
+    /// Binds the HTTPS port and starts certificate management (see [`AutoTls::start`]).
+    ///
+    /// Fails with a clear [`Error`] for an invalid configuration, an unusable cache
+    /// directory or an address that cannot be bound (in use, or a privileged port).
+    pub async fn bind<A>(&self, addr: A) -> Result<AutoTlsListener, Error>
+    where
+        A: ToSocketAddrs + fmt::Display,
+    {
+        self.validate()?;
+        let tcp = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::bind(&addr, e))?;
+        self.listener(tcp)
+    }
+
+    /// Serves TLS on an already bound `TcpListener` and starts certificate management.
+    pub fn listener(&self, tcp: TcpListener) -> Result<AutoTlsListener, Error> {
+        self.start()?;
+        let port = tcp
+            .local_addr()
+            .map_err(|e| Error::new(ErrorKind::Bind, format!("reading the listener's address: {e}"), e))?
+            .port();
+        self.state.set_https_port(port);
+        let mut app_config = ServerConfig::builder_with_provider(crate::certs::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup failed", e))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(StoreResolver(self.state.clone())));
+        app_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(AutoTlsListener {
+            tcp,
+            tls: self.clone(),
+            app_config: Arc::new(app_config),
+            handshakes: JoinSet::new(),
+            handshake_timeout: self.config.handshake_timeout,
+            max_pending: self.config.max_pending_handshakes,
+        })
+    }
+}
+
+impl AutoTlsListener {
+    /// The next connection whose TLS handshake completed, with the peer's address.
+    ///
+    /// Never fails: accept errors are logged and retried (after a pause when the process is
+    /// out of file descriptors), as `axum::serve` expects of a listener.
+    pub async fn accept(&mut self) -> (TlsStream, SocketAddr) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(stream)) = done {
+                        return stream;
+                    }
+                }
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((tcp, peer)) => self.start_handshake(tcp, peer),
+                    Err(err) => accept_error(err).await,
+                },
+            }
+        }
+    }
+
+    fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        if self.handshakes.len() >= self.max_pending {
+            tracing::debug!(%peer, limit = self.max_pending, "too many pending handshakes; connection closed");
+            return;
+        }
+        let _ = tcp.set_nodelay(true);
+        let task = handshake::Handshake {
+            state: self.tls.state.clone(),
+            app_config: self.app_config.clone(),
+            timeout: self.handshake_timeout,
+        };
+        self.handshakes.spawn(task.run(tcp, peer));
+    }
+
+    /// The local address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// How many handshakes are in progress or finished but not yet accepted.
+    pub fn pending_handshakes(&self) -> usize {
+        self.handshakes.len()
+    }
+}
+
+/// Connection errors are the peer's business; resource exhaustion needs a pause.
+async fn accept_error(err: io::Error) {
+    if matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%err, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(feature = "axum")]
+mod axum_impl {
+    use super::*;
+    use axum::extract::connect_info::Connected;
+    use axum::serve::{IncomingStream, Listener};
+
+    impl Listener for AutoTlsListener {
+        type Io = TlsStream;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            AutoTlsListener::accept(self).await
+        }
+
+        fn local_addr(&self) -> io::Result<Self::Addr> {
+            AutoTlsListener::local_addr(self)
+        }
+    }
+
+    impl Connected<IncomingStream<'_, AutoTlsListener>> for TlsConnectInfo {
+        fn connect_info(stream: IncomingStream<'_, AutoTlsListener>) -> Self {
+            TlsConnectInfo::new(stream.io(), *stream.remote_addr())
+        }
+    }
+}
+
+/// What a handler may want to know about its connection: peer address, SNI and ALPN.
+///
+/// With axum: `app.into_make_service_with_connect_info::<TlsConnectInfo>()`, then the
+/// `ConnectInfo<TlsConnectInfo>` extractor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConnectInfo {
+    /// The peer's address.
+    pub remote_addr: SocketAddr,
+    /// The server name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The negotiated application protocol, e.g. `b"h2"`.
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl TlsConnectInfo {
+    /// Reads the connection facts from a stream the listener yielded.
+    pub fn new(stream: &TlsStream, remote_addr: SocketAddr) -> Self {
+        let (_, conn) = stream.get_ref();
+        Self {
+            remote_addr,
+            server_name: conn.server_name().map(str::to_owned),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        }
+    }
+}
