@@ -128,9 +128,10 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     let http = TcpListener::bind(&http_addr)
         .await
         .map_err(|e| format!("binding {http_addr} (AUTOTLS_HTTP_ADDR) failed: {e}"))?;
-    let https = tls.bind(&https_addr).await.map_err(|e| {
-        format!("{e} (AUTOTLS_HTTPS_ADDR, AUTOTLS_CACHE_DIR or AUTOTLS_DOMAINS)")
-    })?;
+    let https = tls
+        .bind(&https_addr)
+        .await
+        .map_err(|e| format!("{e} (AUTOTLS_HTTPS_ADDR, AUTOTLS_CACHE_DIR or AUTOTLS_DOMAINS)"))?;
     let https_addr: SocketAddr = https
         .local_addr()
         .map_err(|e| format!("reading the HTTPS address: {e}"))?;
@@ -147,7 +148,10 @@ async fn run(settings: Settings) -> Result<(), Failure> {
             https_addr.port()
         );
     } else {
-        println!("serving {} on {https_addr} (HTTPS) and {http_addr} (HTTP)", tls.names().join(", "));
+        println!(
+            "serving {} on {https_addr} (HTTPS) and {http_addr} (HTTP)",
+            tls.names().join(", ")
+        );
     }
 
     let redirect = axum::serve(http, tls.http_redirect()).with_graceful_shutdown(shutdown_signal());
@@ -157,7 +161,8 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     )
     .with_graceful_shutdown(shutdown_signal());
     let (a, b) = tokio::join!(redirect, server);
-    a.and(b).map_err(|e| Failure::Serve(format!("serving failed: {e}")))
+    a.and(b)
+        .map_err(|e| Failure::Serve(format!("serving failed: {e}")))
 }
 
 /// Why the example stopped: a startup problem (exit code 2) or a serving one (1).
@@ -176,13 +181,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -514,7 +514,10 @@ mod tests {
 
     #[test]
     fn names_are_lowercased_and_lose_the_trailing_dot() {
-        assert_eq!(normalize_name("WWW.Example.COM.").unwrap(), "www.example.com");
+        assert_eq!(
+            normalize_name("WWW.Example.COM.").unwrap(),
+            "www.example.com"
+        );
     }
 
     #[test]
@@ -538,7 +541,10 @@ mod tests {
         }
         let long = format!("{}.com", "a.".repeat(126));
         assert!(long.len() > 253);
-        assert!(normalize_name(&long).unwrap_err().to_string().contains("253"));
+        assert!(normalize_name(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("253"));
     }
 
     #[test]

@@ -47,11 +47,17 @@ impl Error {
             io::ErrorKind::PermissionDenied => {
                 " — run with CAP_NET_BIND_SERVICE or choose a port above 1024"
             }
-            io::ErrorKind::AddrInUse => " — another process listens there; stop it or choose another port",
+            io::ErrorKind::AddrInUse => {
+                " — another process listens there; stop it or choose another port"
+            }
             io::ErrorKind::AddrNotAvailable => " — this machine has no such address",
             _ => "",
         };
-        Self::new(ErrorKind::Bind, format!("binding {addr} failed: {err}{hint}"), err)
+        Self::new(
+            ErrorKind::Bind,
+            format!("binding {addr} failed: {err}{hint}"),
+            err,
+        )
     }
 
     /// What kind of error this is.

@@ -66,8 +66,7 @@ mod state;
 
 pub use certs::{CertEvent, CertState, CertStatus};
 pub use config::{
-    AutoTls, Challenge, ConfigError, ConfigErrorKind, LETS_ENCRYPT_PRODUCTION,
-    LETS_ENCRYPT_STAGING,
+    AutoTls, Challenge, ConfigError, ConfigErrorKind, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
 };
 pub use error::{Error, ErrorKind};
 pub use layer::{AutoTlsLayer, AutoTlsService};
@@ -79,3 +78,8 @@ pub use redirect::HttpRedirect;
 pub use rustls;
 /// The tokio-rustls this crate uses ([`TlsStream`] is its server stream).
 pub use tokio_rustls;
+
+/// The README's code blocks, compiled as doctests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

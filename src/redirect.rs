@@ -50,10 +50,16 @@ impl HttpRedirect {
             return answer(&self.state, req, token).map(full);
         }
         let Some(host) = request_host(req) else {
-            return plain(StatusCode::BAD_REQUEST, "missing or malformed Host header\n");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "missing or malformed Host header\n",
+            );
         };
         if !self.is_managed(&host) {
-            return plain(StatusCode::MISDIRECTED_REQUEST, "this server does not serve that host\n");
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this server does not serve that host\n",
+            );
         }
         let path = req
             .uri()

@@ -63,7 +63,12 @@ pub(crate) struct Tasks {
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for handle in self.handles.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for handle in self
+            .handles
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             handle.abort();
         }
     }

@@ -117,7 +117,11 @@ impl InstantAcme {
                 detail,
             ));
         }
-        tracing::debug!(system_roots = added, extra = config.directory_roots.len(), "trusted roots for the ACME directory");
+        tracing::debug!(
+            system_roots = added,
+            extra = config.directory_roots.len(),
+            "trusted roots for the ACME directory"
+        );
         let tls = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup for the CA failed", e))?
@@ -165,16 +169,17 @@ impl InstantAcme {
             Ok(bytes) => bytes,
             Err(e) => return Err(ObtainError::new(format!("reading the account key: {e}"))),
         };
-        let cached_key = cached.and_then(|pem| {
-            match rustls_pemfile::private_key(&mut &pem[..]) {
-                Ok(Some(PrivateKeyDer::Pkcs8(der))) => Some(der),
-                _ => {
-                    self.cache.quarantine(ACCOUNT_KEY, "not a PKCS#8 private key");
-                    None
-                }
+        let cached_key = cached.and_then(|pem| match rustls_pemfile::private_key(&mut &pem[..]) {
+            Ok(Some(PrivateKeyDer::Pkcs8(der))) => Some(der),
+            _ => {
+                self.cache
+                    .quarantine(ACCOUNT_KEY, "not a PKCS#8 private key");
+                None
             }
         });
-        let account = match cached_key.and_then(|der| Key::from_pkcs8_der(der.clone_key()).ok().map(|k| (k, der))) {
+        let account = match cached_key
+            .and_then(|der| Key::from_pkcs8_der(der.clone_key()).ok().map(|k| (k, der)))
+        {
             Some((key, der)) => {
                 let (account, _) = self
                     .builder()
@@ -229,7 +234,8 @@ impl InstantAcme {
             }
         }
         if let instant_acme::Error::Timeout(Some(when)) = err {
-            let when = SystemTime::now() + when.saturating_duration_since(std::time::Instant::now());
+            let when =
+                SystemTime::now() + when.saturating_duration_since(std::time::Instant::now());
             out.retry_after = Some(out.retry_after.map_or(when, |w| w.max(when)));
         }
         out
@@ -312,8 +318,8 @@ impl InstantAcme {
             });
         }
         let key = KeyPair::generate().map_err(|e| ObtainError::new(e.to_string()))?;
-        let mut params =
-            CertificateParams::new(vec![name.to_owned()]).map_err(|e| ObtainError::new(e.to_string()))?;
+        let mut params = CertificateParams::new(vec![name.to_owned()])
+            .map_err(|e| ObtainError::new(e.to_string()))?;
         params.distinguished_name = DistinguishedName::new();
         let csr = params
             .serialize_request(&key)
@@ -381,7 +387,8 @@ fn tls_alpn_cert(name: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    CertifiedKey::from_der(vec![cert.der().clone()], der, &super::provider()).map_err(|e| e.to_string())
+    CertifiedKey::from_der(vec![cert.der().clone()], der, &super::provider())
+        .map_err(|e| e.to_string())
 }
 
 /// A readable message for an instant-acme error, with the CA's problem detail.
@@ -439,7 +446,9 @@ mod tests {
     fn pem_round_trips_through_the_parser() {
         let der: Vec<u8> = (0u8..=200).collect();
         let pem = pem_encode("PRIVATE KEY", &der);
-        let parsed = rustls_pemfile::private_key(&mut pem.as_bytes()).unwrap().unwrap();
+        let parsed = rustls_pemfile::private_key(&mut pem.as_bytes())
+            .unwrap()
+            .unwrap();
         assert_eq!(parsed.secret_der(), &der[..]);
     }
 
@@ -448,7 +457,9 @@ mod tests {
         let secs = parse_retry_after(&http::HeaderValue::from_static("120")).unwrap();
         let left = secs.duration_since(SystemTime::now()).unwrap();
         assert!(left > Duration::from_secs(110) && left <= Duration::from_secs(120));
-        let date = parse_retry_after(&http::HeaderValue::from_static("Fri, 31 Dec 2100 23:59:59 GMT"));
+        let date = parse_retry_after(&http::HeaderValue::from_static(
+            "Fri, 31 Dec 2100 23:59:59 GMT",
+        ));
         assert!(date.unwrap() > SystemTime::now());
         assert!(parse_retry_after(&http::HeaderValue::from_static("soon")).is_none());
     }

@@ -136,7 +136,9 @@ impl Manager {
                 .and_then(|pem| {
                     Deployed::from_pem(pem.as_bytes(), Some(&name))
                         .map(|d| (pem, d))
-                        .map_err(|e| ObtainError::new(format!("the CA's certificate is unusable: {e}")))
+                        .map_err(|e| {
+                            ObtainError::new(format!("the CA's certificate is unusable: {e}"))
+                        })
                 });
             match result {
                 Ok((pem, deployed)) => {
@@ -147,9 +149,21 @@ impl Manager {
                     let not_after = deployed.not_after;
                     slot.deploy(deployed);
                     let (verb, event) = if renewing {
-                        ("renewed", CertEvent::Renewed { name: name.clone(), not_after })
+                        (
+                            "renewed",
+                            CertEvent::Renewed {
+                                name: name.clone(),
+                                not_after,
+                            },
+                        )
                     } else {
-                        ("issued", CertEvent::Issued { name: name.clone(), not_after })
+                        (
+                            "issued",
+                            CertEvent::Issued {
+                                name: name.clone(),
+                                not_after,
+                            },
+                        )
                     };
                     tracing::info!(name, not_after = %httpdate::fmt_http_date(not_after), "certificate {verb}");
                     let _ = self.state.events.send(event);
@@ -231,7 +245,10 @@ mod tests {
         for (failures, base) in [(1, 60.0), (2, 120.0), (3, 240.0), (7, 3600.0), (40, 3600.0)] {
             for _ in 0..50 {
                 let got = backoff(first, cap, failures).as_secs_f64();
-                assert!(got >= base * 0.9 - 1e-9 && got <= base * 1.1 + 1e-9, "{failures}: {got}");
+                assert!(
+                    got >= base * 0.9 - 1e-9 && got <= base * 1.1 + 1e-9,
+                    "{failures}: {got}"
+                );
             }
         }
     }

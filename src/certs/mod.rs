@@ -21,7 +21,9 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
-compile_error!("autotls needs a crypto provider: enable the `aws-lc-rs` (default) or `ring` feature");
+compile_error!(
+    "autotls needs a crypto provider: enable the `aws-lc-rs` (default) or `ring` feature"
+);
 
 /// The crypto provider for every TLS config and key the crate makes: aws-lc-rs when its
 /// feature is on (the default), else ring.

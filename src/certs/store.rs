@@ -61,7 +61,10 @@ impl Deployed {
 }
 
 /// The leaf's validity; checks it names `name`.
-fn validity(leaf: &CertificateDer<'_>, name: Option<&str>) -> Result<(SystemTime, SystemTime), String> {
+fn validity(
+    leaf: &CertificateDer<'_>,
+    name: Option<&str>,
+) -> Result<(SystemTime, SystemTime), String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;

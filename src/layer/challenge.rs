@@ -93,9 +93,18 @@ mod tests {
 
     #[test]
     fn host_is_normalized_and_the_authority_wins() {
-        assert_eq!(request_host(&req(Some("A.Test:8080"), "/")).as_deref(), Some("a.test"));
-        assert_eq!(request_host(&req(Some("a.test."), "/")).as_deref(), Some("a.test"));
-        assert_eq!(request_host(&req(Some("a.test"), "http://b.test/x")).as_deref(), Some("b.test"));
+        assert_eq!(
+            request_host(&req(Some("A.Test:8080"), "/")).as_deref(),
+            Some("a.test")
+        );
+        assert_eq!(
+            request_host(&req(Some("a.test."), "/")).as_deref(),
+            Some("a.test")
+        );
+        assert_eq!(
+            request_host(&req(Some("a.test"), "http://b.test/x")).as_deref(),
+            Some("b.test")
+        );
         assert_eq!(request_host(&req(None, "/")), None);
         assert_eq!(request_host(&req(Some("user@a.test"), "/")), None);
         assert_eq!(request_host(&req(Some(""), "/")), None);

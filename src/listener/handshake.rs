@@ -26,7 +26,11 @@ pub(super) struct Handshake {
 impl Handshake {
     /// Completes the handshake; `None` when it failed, timed out or was a validation
     /// connection (answered here).
-    pub(super) async fn run(self, tcp: TcpStream, peer: SocketAddr) -> Option<(TlsStream, SocketAddr)> {
+    pub(super) async fn run(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream, SocketAddr)> {
         // One deadline for reading the ClientHello and finishing the handshake.
         match tokio::time::timeout(self.timeout, self.handshake(tcp, peer)).await {
             Ok(stream) => stream.map(|s| (s, peer)),

@@ -84,7 +84,13 @@ impl AutoTls {
         self.start()?;
         let port = tcp
             .local_addr()
-            .map_err(|e| Error::new(ErrorKind::Bind, format!("reading the listener's address: {e}"), e))?
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Bind,
+                    format!("reading the listener's address: {e}"),
+                    e,
+                )
+            })?
             .port();
         self.state.set_https_port(port);
         let mut app_config = ServerConfig::builder_with_provider(crate::certs::provider())
