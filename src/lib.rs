@@ -4,6 +4,8 @@
 //! # Quick start
 //!
 //! ```no_run
+//! use std::future::IntoFuture;
+//!
 //! use autotls::AutoTls;
 //! use axum::{routing::get, Router};
 //! use tokio::net::TcpListener;

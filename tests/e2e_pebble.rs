@@ -20,6 +20,10 @@ const ISSUE_LIMIT: Duration = Duration::from_secs(30);
 
 /// An `AutoTls` pointed at `pebble`, caching in `cache`.
 fn autotls(pebble: &Pebble, names: &[&str], cache: &std::path::Path) -> AutoTls {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("autotls=debug")
+        .with_test_writer()
+        .try_init();
     AutoTls::try_new(names)
         .expect("test names are valid")
         .contact("mailto:test@example.com")
@@ -100,7 +104,12 @@ async fn tls_alpn_01_gets_certificates_for_two_names_and_serves_them() {
     hello(&server, "a.test", &root).await;
     hello(&server, "b.test", &root).await;
     assert_eq!(pebble.orders(), 2, "one order per name:\n{}", pebble.log());
-    assert_eq!(pebble.accounts(), 1, "one account for all names:\n{}", pebble.log());
+    assert_eq!(
+        pebble.accounts(),
+        1,
+        "one account for all names:\n{}",
+        pebble.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +170,12 @@ async fn a_restart_on_the_same_cache_serves_at_once_and_places_no_order() {
     hello(&server, "a.test", &root).await;
     hello(&server, "b.test", &root).await;
     assert_eq!(pebble.orders(), orders, "no new order:\n{}", pebble.log());
-    assert_eq!(pebble.accounts(), accounts, "no new account:\n{}", pebble.log());
+    assert_eq!(
+        pebble.accounts(),
+        accounts,
+        "no new account:\n{}",
+        pebble.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,8 +184,8 @@ async fn a_name_that_cannot_validate_does_not_keep_the_other_from_being_served()
     // Pebble's DNS sends bad.test to an address where nothing listens.
     pebble.set_dns_a("bad.test", "127.0.0.2").await;
     let cache = tempfile::tempdir().expect("tempdir");
-    let tls = autotls(&pebble, &["bad.test", "good.test"], cache.path())
-        .challenge(Challenge::TlsAlpn01);
+    let tls =
+        autotls(&pebble, &["bad.test", "good.test"], cache.path()).challenge(Challenge::TlsAlpn01);
     let mut events = tls.subscribe();
     let server = serve(&tls, &format!("127.0.0.1:{}", pebble.tls_port()), None).await;
     wait_for("good.test to be served", ISSUE_LIMIT, || {
@@ -189,7 +203,12 @@ async fn a_name_that_cannot_validate_does_not_keep_the_other_from_being_served()
             .await
             .expect("a Failed event for bad.test within the bound")
             .expect("events channel open");
-        if let autotls::CertEvent::Failed { name, error, retry_in } = event {
+        if let autotls::CertEvent::Failed {
+            name,
+            error,
+            retry_in,
+        } = event
+        {
             assert_eq!(name, "bad.test");
             assert!(!error.is_empty());
             assert!(retry_in >= Duration::from_secs(50), "retry in {retry_in:?}");

@@ -223,22 +223,24 @@ impl InstantAcme {
     /// An engine error with the `Retry-After` the CA gave, if any is still in the future.
     fn error(&self, doing: &str, err: instant_acme::Error) -> ObtainError {
         let mut out = ObtainError::new(format!("{doing}: {}", describe(&err)));
-        let mut slot = self
-            .client
-            .retry_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(when) = slot.take() {
-            if when > SystemTime::now() {
-                out.retry_after = Some(when);
-            }
-        }
+        out.retry_after = self.retry_after();
         if let instant_acme::Error::Timeout(Some(when)) = err {
             let when =
                 SystemTime::now() + when.saturating_duration_since(std::time::Instant::now());
             out.retry_after = Some(out.retry_after.map_or(when, |w| w.max(when)));
         }
         out
+    }
+
+    /// The latest `Retry-After` the CA gave, while it is in the future. It is kept, not
+    /// taken: the CA's wish holds for every name until it passes.
+    fn retry_after(&self) -> Option<SystemTime> {
+        let slot = self
+            .client
+            .retry_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slot.filter(|when| *when > SystemTime::now())
     }
 
     async fn obtain_with(&self, name: &str, challenge: Challenge) -> Result<String, ObtainError> {
@@ -295,25 +297,18 @@ impl InstantAcme {
                     .map_err(|e| self.error("telling the CA the challenge is ready", e))?;
             }
         }
-        let status = order
-            .poll_ready(&POLL)
-            .await
-            .map_err(|e| self.error("waiting for validation", e))?;
-        if status != OrderStatus::Ready {
-            let mut detail = String::new();
-            let mut authorizations = order.authorizations();
-            while let Some(Ok(mut authz)) = authorizations.next().await {
-                if let Ok(state) = authz.refresh().await {
-                    for c in &state.challenges {
-                        if let Some(problem) = &c.error {
-                            detail = problem.to_string();
-                        }
-                    }
-                }
-            }
+        // An order the CA could not validate ends `invalid`; instant-acme reports that as the
+        // order's problem (or, without one, as a non-ready status).
+        let problem = match order.poll_ready(&POLL).await {
+            Ok(OrderStatus::Ready) => None,
+            Ok(status) => Some(format!("the order is {status:?}")),
+            Err(instant_acme::Error::Api(problem)) => Some(describe_problem(&problem)),
+            Err(e) => return Err(self.error("waiting for validation", e)),
+        };
+        if let Some(problem) = problem {
             return Err(ObtainError {
-                message: format!("the CA could not validate {challenge} for {name}: {detail}"),
-                retry_after: None,
+                message: format!("the CA could not validate {challenge} for {name}: {problem}"),
+                retry_after: self.retry_after(),
                 validation: true,
             });
         }
@@ -387,18 +382,19 @@ fn tls_alpn_cert(name: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    CertifiedKey::from_der(vec![cert.der().clone()], der, &super::provider())
-        .map_err(|e| e.to_string())
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension this certificate exists for.
+    let signing_key = super::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
 /// A readable message for an instant-acme error, with the CA's problem detail.
 fn describe(err: &instant_acme::Error) -> String {
     match err {
-        instant_acme::Error::Api(problem) => {
-            let kind = problem.r#type.as_deref().unwrap_or("problem");
-            let detail = problem.detail.as_deref().unwrap_or("");
-            format!("the CA answered {kind}: {detail}")
-        }
+        instant_acme::Error::Api(problem) => describe_problem(problem),
         other => {
             let mut msg = other.to_string();
             let mut source = std::error::Error::source(other);
@@ -410,6 +406,13 @@ fn describe(err: &instant_acme::Error) -> String {
             msg
         }
     }
+}
+
+/// The CA's problem document, readable: its type and detail.
+fn describe_problem(problem: &instant_acme::Problem) -> String {
+    let kind = problem.r#type.as_deref().unwrap_or("problem");
+    let detail = problem.detail.as_deref().unwrap_or("");
+    format!("the CA answered {kind}: {detail}")
 }
 
 /// PEM-encodes DER (RFC 7468).

@@ -223,3 +223,49 @@ impl ResolvesServerCert for FixedResolver {
         Some(self.0.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployed(not_before: SystemTime, not_after: SystemTime) -> Deployed {
+        let local = super::super::local::self_signed().expect("local certificate");
+        Deployed {
+            key: local.key,
+            not_before,
+            not_after,
+        }
+    }
+
+    #[test]
+    fn renewal_starts_when_a_third_of_the_lifetime_is_left_minus_jitter() {
+        let day = Duration::from_secs(86_400);
+        let start = UNIX_EPOCH + 20_000 * day;
+        let d = deployed(start, start + 90 * day);
+        let latest = start + 60 * day;
+        let earliest = latest - day.mul_f64(4.5);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let at = d.renew_at();
+            assert!(at <= latest && at >= earliest, "{at:?}");
+            seen.insert(at);
+        }
+        assert!(seen.len() > 1, "jitter spreads renewals");
+    }
+
+    #[test]
+    fn a_cached_file_for_another_name_or_with_a_foreign_key_is_refused() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".to_owned()]).expect("cert");
+        let good = format!("{}{}", a.signing_key.serialize_pem(), a.cert.pem());
+        assert!(Deployed::from_pem(good.as_bytes(), Some("a.test")).is_ok());
+        let err = Deployed::from_pem(good.as_bytes(), Some("b.test")).unwrap_err();
+        assert!(err.contains("not b.test"), "{err}");
+        let mixed = format!("{}{}", b.signing_key.serialize_pem(), a.cert.pem());
+        let err = Deployed::from_pem(mixed.as_bytes(), Some("a.test")).unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+        for broken in ["", "garbage", &good[..good.len() / 2]] {
+            assert!(Deployed::from_pem(broken.as_bytes(), Some("a.test")).is_err());
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Test support shared by the integration tests (`mod support;`).
+//!
+//! * [`pebble`]: a real ACME CA (Pebble + pebble-challtestsrv as its DNS) on loopback ports.
+//! * [`client`]: small HTTP/HTTPS clients for checking what a server under test serves.
+//!
+//! Every test binary compiles this module but uses only part of it, hence the `allow`s.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod pebble;
+
+#[allow(unused_imports)]
+pub use client::{http_get, https_get, wait_for, HttpsReply};
+#[allow(unused_imports)]
+pub use pebble::{Pebble, PebbleOptions};
+
+use std::sync::Arc;
+
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+compile_error!("the integration tests need the `aws-lc-rs` or the `ring` feature");
+
+/// The rustls crypto provider the crate under test is built with (aws-lc-rs by default, ring
+/// with `--no-default-features --features ring`). Every client config here uses it.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
