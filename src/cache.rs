@@ -152,7 +152,14 @@ impl Cache {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let from = self.dir.join(file);
-        let to = self.dir.join(format!("{file}.corrupt-{secs}"));
+        // Never overwrite an earlier file moved aside in the same second: each is evidence.
+        let to = (0..1000)
+            .map(|n| match n {
+                0 => self.dir.join(format!("{file}.corrupt-{secs}")),
+                n => self.dir.join(format!("{file}.corrupt-{secs}-{n}")),
+            })
+            .find(|p| fs::symlink_metadata(p).is_err())
+            .unwrap_or_else(|| self.dir.join(format!("{file}.corrupt-{secs}-last")));
         match fs::rename(&from, &to) {
             Ok(()) => tracing::warn!(
                 file = %from.display(),

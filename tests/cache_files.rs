@@ -408,7 +408,6 @@ async fn a_symlinked_cache_file_is_moved_aside_and_its_target_left_alone() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a second file moved aside within the same second overwrites the first (src/cache.rs Cache::quarantine)"]
 async fn a_second_unusable_file_does_not_overwrite_the_first_one_moved_aside() {
     let (_tmp, root) = cache_root();
     let dir = root.join(SLUG);
@@ -534,7 +533,6 @@ async fn handshakes_for_an_unknown_name_or_without_sni_fail() {
 }
 
 #[tokio::test]
-#[ignore = "bug: an expired cached certificate is loaded as CertState::Valid (src/certs/manager.rs load_cached)"]
 async fn an_expired_cached_certificate_is_not_reported_valid() {
     let (_tmp, root) = cache_root();
     let mut params = CertificateParams::new(vec!["a.test".to_owned()]).expect("params");

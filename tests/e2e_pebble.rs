@@ -93,6 +93,7 @@ async fn tls_alpn_01_gets_certificates_for_two_names_and_serves_them() {
     let pebble = Pebble::start().await;
     let cache = tempfile::tempdir().expect("tempdir");
     let tls = autotls(&pebble, &["a.test", "b.test"], cache.path()).challenge(Challenge::TlsAlpn01);
+    let mut events = tls.subscribe();
     let started = Instant::now();
     let server = serve(&tls, &format!("127.0.0.1:{}", pebble.tls_port()), None).await;
     wait_valid(&tls).await;
@@ -103,6 +104,14 @@ async fn tls_alpn_01_gets_certificates_for_two_names_and_serves_them() {
     let root = pebble.issuing_root_pem().await;
     hello(&server, "a.test", &root).await;
     hello(&server, "b.test", &root).await;
+    let mut issued = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let autotls::CertEvent::Issued { name, .. } = event {
+            issued.push(name);
+        }
+    }
+    issued.sort();
+    assert_eq!(issued, ["a.test", "b.test"], "an Issued event per name");
     assert_eq!(pebble.orders(), 2, "one order per name:\n{}", pebble.log());
     assert_eq!(
         pebble.accounts(),
@@ -242,4 +251,96 @@ async fn unknown_sni_fails_the_handshake_and_places_no_order() {
     hello(&server, "a.test", &root).await;
     assert_eq!(pebble.orders(), orders, "{}", pebble.log());
     assert_eq!(tls.status().len(), 1);
+}
+
+/// A self-signed certificate for `name` with 61 of its 90 days used: renewal is due.
+fn nearly_due_certificate(name: &str) -> (String, Vec<u8>) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+    params.not_before = now - time::Duration::days(61);
+    params.not_after = now + time::Duration::days(29);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    (
+        format!("{}{}", key.serialize_pem(), cert.pem()),
+        cert.pem().into_bytes(),
+    )
+}
+
+/// The cache subdirectory the crate uses for `pebble`'s directory URL.
+fn cache_subdir(pebble: &Pebble, root: &std::path::Path) -> std::path::PathBuf {
+    let slug: String = pebble
+        .directory_url()
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    root.join(slug)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_serving_the_old_certificate_until_the_new_one_is_deployed() {
+    let pebble = Pebble::start().await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let (old_pem, old_root) = nearly_due_certificate("a.test");
+    let subdir = cache_subdir(&pebble, cache.path());
+    std::fs::create_dir_all(&subdir).expect("mkdir");
+    std::fs::write(subdir.join("a.test.pem"), old_pem).expect("plant the old certificate");
+
+    let tls = autotls(&pebble, &["a.test"], cache.path())
+        .challenge(Challenge::TlsAlpn01)
+        .retry_backoff(Duration::from_millis(200), Duration::from_millis(400));
+    let mut events = tls.subscribe();
+    // Nothing answers on Pebble's TLS-ALPN-01 port yet, so the first renewals fail.
+    let server = serve(&tls, "127.0.0.1:0", None).await;
+    assert_eq!(
+        tls.status()[0].state,
+        CertState::Valid,
+        "the cached certificate is served at once"
+    );
+    let deadline = Instant::now() + ISSUE_LIMIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("a failed renewal within the bound")
+            .expect("events");
+        if matches!(event, autotls::CertEvent::Failed { .. }) {
+            break;
+        }
+    }
+    // While renewal fails, the old certificate is what clients get.
+    hello(&server, "a.test", &old_root).await;
+
+    // Now let Pebble validate: a second listener of the same AutoTls on its TLS-ALPN-01 port.
+    let second = serve(&tls, &format!("127.0.0.1:{}", pebble.tls_port()), None).await;
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("a renewal within the bound")
+            .expect("events");
+        if let autotls::CertEvent::Renewed { name, .. } = event {
+            assert_eq!(name, "a.test");
+            break;
+        }
+    }
+    let root = pebble.issuing_root_pem().await;
+    hello(&server, "a.test", &root).await;
+    hello(&second, "a.test", &root).await;
+    assert!(
+        https_get(server.https, "a.test", &old_root, "/")
+            .await
+            .is_err(),
+        "the old certificate is no longer served"
+    );
+    let status = &tls.status()[0];
+    assert_eq!(status.state, CertState::Valid);
+    assert!(status.not_after.is_some());
+    let cached = std::fs::read_to_string(subdir.join("a.test.pem")).expect("read the cache");
+    assert!(cached.contains("PRIVATE KEY") && cached.matches("BEGIN CERTIFICATE").count() >= 1);
 }

@@ -91,6 +91,10 @@ fn load_cached(state: &State, cache: &Cache, name: &str) {
         }
     };
     match Deployed::from_pem(&bytes, Some(name)) {
+        Ok(deployed) if !deployed.is_current() => {
+            // Kept on disk (it is not corrupt) and replaced by the first issuance.
+            tracing::warn!(name, not_after = %httpdate::fmt_http_date(deployed.not_after), "the cached certificate is expired or not yet valid; ordering a new one");
+        }
         Ok(deployed) => {
             let not_after = deployed.not_after;
             slot.deploy(deployed);

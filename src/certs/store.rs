@@ -48,6 +48,12 @@ impl Deployed {
         })
     }
 
+    /// Is the certificate valid now?
+    pub(crate) fn is_current(&self) -> bool {
+        let now = SystemTime::now();
+        self.not_before <= now && now < self.not_after
+    }
+
     /// When to start renewing: a third of the lifetime before expiry, minus up to 5 % of the
     /// lifetime of jitter so that many names issued together do not renew together.
     pub(crate) fn renew_at(&self) -> SystemTime {
