@@ -32,14 +32,14 @@ use tokio::net::TcpListener;
 
 /// The example's settings, read from `AUTOTLS_*`.
 #[derive(Debug)]
-struct Settings {
+pub(crate) struct Settings {
     tls: AutoTls,
     local: bool,
     http_addr: String,
     https_addr: String,
 }
 
-fn settings_from_env() -> Result<Settings, String> {
+pub(crate) fn settings_from_env() -> Result<Settings, String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let domains: Vec<String> = var("AUTOTLS_DOMAINS")
         .map(|d| {
@@ -105,7 +105,7 @@ async fn info(ConnectInfo(conn): ConnectInfo<TlsConnectInfo>) -> String {
     )
 }
 
-async fn run(settings: Settings) -> Result<(), Failure> {
+pub(crate) async fn run(settings: Settings) -> Result<(), Failure> {
     let Settings {
         tls,
         local,
@@ -166,7 +166,7 @@ async fn run(settings: Settings) -> Result<(), Failure> {
 }
 
 /// Why the example stopped: a startup problem (exit code 2) or a serving one (1).
-enum Failure {
+pub(crate) enum Failure {
     Startup(String),
     Serve(String),
 }
