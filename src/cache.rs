@@ -23,6 +23,9 @@ use crate::error::{Error, ErrorKind};
 /// Cache files are small PEM or JSON files: anything bigger is not ours.
 const MAX_FILE_LEN: u64 = 1024 * 1024;
 
+/// A temporary file this old was left by a writer that died.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 /// The account key's file name.
 pub(crate) const ACCOUNT_KEY: &str = "account-key.pem";
 
@@ -75,6 +78,7 @@ impl Cache {
             }
         }
         let cache = Self { dir: dir.clone() };
+        cache.remove_stale_temp_files();
         // Prove now, not at the first issuance, that we can write here.
         let probe = ".write-probe";
         cache
@@ -82,6 +86,29 @@ impl Cache {
             .map_err(|e| fail("is not writable", e))?;
         let _ = fs::remove_file(cache.dir.join(probe));
         Ok(cache)
+    }
+
+    /// A crash mid-write leaves a temporary file behind (never the real one half-written).
+    /// Those older than an hour belong to no live writer: remove them.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let stale = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if name.to_string_lossy().starts_with('.')
+                && name.to_string_lossy().contains(".tmp-")
+                && stale
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// The directory this cache writes to.

@@ -441,8 +441,9 @@ impl AutoTls {
         self
     }
 
-    /// How many handshakes may be in progress at once (default 1024); connections beyond it
-    /// are closed at once.
+    /// How many handshakes may be in progress at once (default 1024). At the cap the oldest
+    /// unfinished handshake is closed to admit the new connection, so a flood of silent
+    /// connections cannot lock real clients out (see [`AutoTlsListener`](crate::AutoTlsListener)).
     #[must_use]
     pub fn max_pending_handshakes(mut self, max: usize) -> Self {
         self.config_mut().max_pending_handshakes = max.max(1);
@@ -552,5 +553,21 @@ mod tests {
         assert_eq!(decode_base64url("aGk").unwrap(), b"hi");
         assert_eq!(decode_base64url("aGk=").unwrap(), b"hi");
         assert!(decode_base64url("a b").is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any input: no panic; an accepted name is lowercase LDH labels of 1..=63 bytes,
+        /// at most 253 bytes, and normalizing it again changes nothing.
+        #[test]
+        fn any_name_is_refused_or_normalized_to_a_valid_one(input in "\\PC{0,300}") {
+            if let Ok(name) = normalize_name(&input) {
+                proptest::prop_assert!(name.len() <= 253);
+                proptest::prop_assert!(name.split('.').all(|l| !l.is_empty() && l.len() <= 63));
+                proptest::prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+                proptest::prop_assert_eq!(normalize_name(&name), Ok(name.clone()));
+            }
+        }
     }
 }

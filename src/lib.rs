@@ -85,3 +85,21 @@ pub use tokio_rustls;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// Not part of the API: hooks for the crate's own crash tests. May change at any time.
+#[doc(hidden)]
+pub mod __private {
+    use std::path::Path;
+
+    /// Writes `file` through the cache for `directory_url` under `root`, exactly as the
+    /// certificate manager does (temp file, fsync, rename, 0600).
+    pub fn cache_write(
+        root: &Path,
+        directory_url: &str,
+        file: &str,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let cache = crate::cache::Cache::open(root, directory_url).map_err(|e| e.to_string())?;
+        cache.write(file, bytes).map_err(|e| e.to_string())
+    }
+}

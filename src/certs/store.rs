@@ -274,4 +274,28 @@ mod tests {
             assert!(Deployed::from_pem(broken.as_bytes(), Some("a.test")).is_err());
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes, and a valid file with bytes flipped or cut: never a panic, and
+        /// whatever parses is for the right name with a key that fits.
+        #[test]
+        fn any_cache_file_content_parses_or_is_refused(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cut in 0usize..2000,
+            flip in 0usize..2000,
+        ) {
+            let _ = Deployed::from_pem(&garbage, Some("a.test"));
+            let a = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+            let mut good = format!("{}{}", a.signing_key.serialize_pem(), a.cert.pem()).into_bytes();
+            let at = flip % good.len();
+            good[at] ^= 0x20;
+            if let Ok(d) = Deployed::from_pem(&good, Some("a.test")) {
+                proptest::prop_assert!(d.not_before < d.not_after);
+            }
+            good.truncate(cut.min(good.len()));
+            let _ = Deployed::from_pem(&good, Some("a.test"));
+        }
+    }
 }

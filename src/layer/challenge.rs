@@ -109,4 +109,35 @@ mod tests {
         assert_eq!(request_host(&req(Some("user@a.test"), "/")), None);
         assert_eq!(request_host(&req(Some(""), "/")), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any Host header: no panic, and what comes out is a lowercase host made of
+        /// harmless characters, never with a port, a user or whitespace.
+        #[test]
+        fn any_host_header_parses_to_a_safe_host_or_none(host in "\\PC{0,80}") {
+            let Ok(request) = Request::builder().uri("/").header("host", host.as_str()).body(()) else {
+                return Ok(());
+            };
+            if let Some(h) = request_host(&request) {
+                proptest::prop_assert!(!h.is_empty());
+                proptest::prop_assert!(h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'[' | b']' | b':')));
+                proptest::prop_assert!(!h.contains('@') && !h.ends_with('.'));
+            }
+        }
+
+        /// Any request path: a token is only ever taken from under the challenge prefix, and
+        /// only a base64url token of at most 256 bytes is ever looked up.
+        #[test]
+        fn any_path_yields_a_lookup_only_for_a_plausible_token(path in "/[\\PC/%.]{0,300}") {
+            if let Some(token) = challenge_token(&path) {
+                proptest::prop_assert!(path.starts_with(PREFIX));
+                if crate::certs::is_token(token) {
+                    proptest::prop_assert!(!token.contains('/') && !token.contains('.') && !token.contains('%'));
+                    proptest::prop_assert!(token.len() <= 256);
+                }
+            }
+        }
+    }
 }

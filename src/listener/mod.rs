@@ -2,9 +2,15 @@
 //!
 //! `accept()` takes TCP connections and hands each to a handshake task with a deadline
 //! ([`AutoTls::handshake_timeout`], 10 s by default), up to
-//! [`AutoTls::max_pending_handshakes`] at once — beyond that, new connections are closed at
-//! once. It returns only streams whose handshake finished, so a slow or silent client never
-//! holds up the next one. TLS-ALPN-01 validation connections are answered inside the task
+//! [`AutoTls::max_pending_handshakes`] at once. It returns only streams whose handshake
+//! finished, so a slow or silent client never holds up the next one.
+//!
+//! At the cap, the *oldest* unfinished handshake is closed to make room for the new
+//! connection. Refusing new connections instead would let anyone who keeps the cap's worth
+//! of silent connections open (about a hundred per second at the defaults) lock every real
+//! client out; evicting the oldest means an attacker must open connections faster than a
+//! real client finishes its handshake — a few milliseconds — to shut it out. Memory and file
+//! descriptors stay bounded either way. TLS-ALPN-01 validation connections are answered inside the task
 //! and never returned. Application connections are offered ALPN `h2` and `http/1.1`.
 //!
 //! A handshake whose SNI is not a managed name (or that has no SNI) fails and orders nothing.
@@ -13,6 +19,7 @@
 
 mod handshake;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -21,7 +28,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::certs::StoreResolver;
 use crate::config::AutoTls;
@@ -50,6 +57,8 @@ pub struct AutoTlsListener {
     tls: AutoTls,
     app_config: Arc<ServerConfig>,
     handshakes: JoinSet<Option<(TlsStream, SocketAddr)>>,
+    /// The handshake tasks in the order they started, to evict the oldest at the cap.
+    started: VecDeque<AbortHandle>,
     handshake_timeout: Duration,
     max_pending: usize,
 }
@@ -104,6 +113,7 @@ impl AutoTls {
             tls: self.clone(),
             app_config: Arc::new(app_config),
             handshakes: JoinSet::new(),
+            started: VecDeque::new(),
             handshake_timeout: self.config.handshake_timeout,
             max_pending: self.config.max_pending_handshakes,
         })
@@ -134,8 +144,7 @@ impl AutoTlsListener {
 
     fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
         if self.handshakes.len() >= self.max_pending {
-            tracing::debug!(%peer, limit = self.max_pending, "too many pending handshakes; connection closed");
-            return;
+            self.evict_oldest(peer);
         }
         let _ = tcp.set_nodelay(true);
         let task = handshake::Handshake {
@@ -143,7 +152,23 @@ impl AutoTlsListener {
             app_config: self.app_config.clone(),
             timeout: self.handshake_timeout,
         };
-        self.handshakes.spawn(task.run(tcp, peer));
+        let handle = self.handshakes.spawn(task.run(tcp, peer));
+        self.started.push_back(handle);
+        // Handles of tasks that ended are dropped lazily; keep the queue bounded.
+        if self.started.len() > 2 * self.max_pending {
+            self.started.retain(|h| !h.is_finished());
+        }
+    }
+
+    /// Closes the oldest handshake still in progress (finished ones wait for `accept`).
+    fn evict_oldest(&mut self, peer: SocketAddr) {
+        while let Some(oldest) = self.started.pop_front() {
+            if !oldest.is_finished() {
+                oldest.abort();
+                tracing::debug!(%peer, limit = self.max_pending, "pending handshakes at the cap; the oldest was closed");
+                return;
+            }
+        }
     }
 
     /// The local address the listener is bound to.
