@@ -555,3 +555,47 @@ async fn an_expired_cached_certificate_is_not_reported_valid() {
         "a certificate that expired in 2021 is reported as valid: {status:?}"
     );
 }
+
+#[tokio::test]
+async fn a_100_mb_cache_file_is_moved_aside_without_being_read() {
+    let (_tmp, root) = cache_root();
+    let dir = root.join(SLUG);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let file = fs::File::create(dir.join("a.test.pem")).expect("create");
+    file.set_len(100 * 1024 * 1024)
+        .expect("a 100 MB (sparse) file");
+    drop(file);
+    let tls = autotls(&root);
+    let started = std::time::Instant::now();
+    tls.start().expect("start");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "start took {:?}: reads must be capped",
+        started.elapsed()
+    );
+    assert_eq!(status_of(&tls, "a.test").state, CertState::Pending);
+    let aside: Vec<String> = entries(&dir)
+        .into_iter()
+        .filter(|n| n.starts_with("a.test.pem.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{:?}", entries(&dir));
+    assert!(!dir.join("a.test.pem").exists());
+}
+
+#[tokio::test]
+async fn a_directory_where_the_certificate_file_belongs_is_moved_aside() {
+    let (_tmp, root) = cache_root();
+    let dir = root.join(SLUG);
+    fs::create_dir_all(dir.join("a.test.pem")).expect("a directory in the file's place");
+    let tls = autotls(&root);
+    tls.start().expect("start");
+    assert_eq!(status_of(&tls, "a.test").state, CertState::Pending);
+    assert!(!dir.join("a.test.pem").exists(), "{:?}", entries(&dir));
+    assert_eq!(
+        entries(&dir)
+            .iter()
+            .filter(|n| n.starts_with("a.test.pem.corrupt-"))
+            .count(),
+        1
+    );
+}
