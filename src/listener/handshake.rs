@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::TlsStream;
-use crate::certs::FixedResolver;
+use crate::certs::{CertState, FixedResolver};
 use crate::state::State;
 
 /// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
@@ -63,6 +63,12 @@ impl Handshake {
             return None;
         };
         if slot.key().is_none() {
+            if slot.status().state == CertState::Failing {
+                // No certificate and the last order failed: refuse now rather than hold the
+                // connection until the deadline.
+                tracing::debug!(%peer, sni = ?sni, "no certificate yet for this name (the last order failed)");
+                return None;
+            }
             // The first certificate for this name is on its way: wait for it (the whole
             // handshake is under the deadline).
             let deployed = slot.deployed.notified();
