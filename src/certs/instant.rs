@@ -2,16 +2,20 @@
 //!
 //! Why our own loop and HTTP client: the stock client leaves TCP_NODELAY off (about 43 ms per
 //! request against an HTTP/2 CA) and does not tell us about `Retry-After` on error answers.
-//! This client keeps one pooled connection to the CA, turns TCP_NODELAY on and records the
-//! latest `Retry-After` it saw, which the manager honours.
+//! This client keeps one pooled connection to the CA, turns TCP_NODELAY on, bounds every
+//! exchange in time and size, and records the latest `Retry-After` the CA gave: until it has
+//! passed, no request at all is sent (for any name), and the manager waits at least as long.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http::Request;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -26,6 +30,7 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
 use super::engine::{BoxFuture, Engine, ObtainError};
+use super::manager::backoff;
 use crate::cache::{Cache, ACCOUNT_KEY};
 use crate::config::{Challenge, Config};
 use crate::error::{Error, ErrorKind};
@@ -38,13 +43,118 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(2.0)
     .timeout(Duration::from_secs(60));
 
+/// The longest one exchange with the CA may take, answer body included: a CA (or anything
+/// in front of it) that accepts and never answers must not hold a name's task forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest answer read from the CA; a certificate chain is a few kilobytes.
+const MAX_ANSWER_LEN: usize = 1024 * 1024;
+
+/// The longest `Retry-After` honoured: a date years ahead must not stop renewals for good.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
 type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
 
-/// The HTTP client instant-acme uses: pooled, TCP_NODELAY, records `Retry-After`.
+/// The HTTP client instant-acme uses: pooled, TCP_NODELAY, bounded, honours `Retry-After`.
 #[derive(Clone)]
 struct CaClient {
     inner: HyperClient,
+    /// The latest `Retry-After` from a 429 or 5xx answer, as a point in time.
     retry_after: Arc<Mutex<Option<SystemTime>>>,
+    timeout: Duration,
+}
+
+impl CaClient {
+    fn new(tls: rustls::ClientConfig, timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build(https),
+            retry_after: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// The CA's `Retry-After`, while it has not passed.
+    fn pending_retry_after(&self) -> Option<SystemTime> {
+        let slot = self.retry_after.lock().unwrap_or_else(|p| p.into_inner());
+        slot.filter(|when| *when > SystemTime::now())
+    }
+
+    fn record_retry_after(&self, when: SystemTime) {
+        let mut slot = self.retry_after.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(slot.map_or(when, |old| old.max(when)));
+    }
+
+    /// One exchange: nothing is sent while a `Retry-After` holds; the answer is read whole
+    /// (bounded in time and size); `Retry-After` on 429 and 5xx answers is recorded; an error
+    /// answer that is not an ACME problem document (a load balancer's 503 page) becomes a
+    /// readable error instead of a JSON parse error.
+    async fn exchange(self, req: Request<BodyWrapper<Bytes>>) -> Result<BytesResponse, CaError> {
+        let method = req.method().clone();
+        let request = format!("{method} {}", req.uri());
+        let fail = |detail: String| CaError {
+            request: request.clone(),
+            detail,
+        };
+        if let Some(until) = self.pending_retry_after() {
+            return Err(fail(format!(
+                "not sent: the CA asked us (Retry-After) to wait until {}",
+                httpdate::fmt_http_date(until)
+            )));
+        }
+        let exchange = async {
+            let rsp = self.inner.request(req).await.map_err(|e| chain(&e))?;
+            let (parts, body) = rsp.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_LEN)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer failed: {}", chain(&*e)))?
+                .to_bytes();
+            Ok::<_, String>((parts, body))
+        };
+        let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(detail)) => return Err(fail(detail)),
+            Err(_) => return Err(fail(format!("no answer within {:?}", self.timeout))),
+        };
+        let status = parts.status;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            if let Some(when) = parts.headers.get(RETRY_AFTER).and_then(parse_retry_after) {
+                self.record_retry_after(when);
+            }
+        }
+        let error = !(status.is_success() || status.is_redirection() || status.is_informational());
+        // instant-acme reads problem documents only from POST answers; the directory (GET)
+        // and nonce (HEAD) answers it would take as they come (a 429's problem document
+        // parsed as a directory: "missing field `newNonce`").
+        let problem = serde_json::from_slice::<instant_acme::Problem>(&body).ok();
+        if error && (problem.is_none() || method != http::Method::POST) {
+            let detail = match &problem {
+                Some(problem) => describe_problem(problem),
+                None => {
+                    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+                    match text.trim() {
+                        "" => format!("the CA answered {status}"),
+                        text => format!("the CA answered {status}: {text:?}"),
+                    }
+                }
+            };
+            return Err(fail(detail));
+        }
+        Ok(BytesResponse::from(Response::from_parts(
+            parts,
+            Full::new(body),
+        )))
+    }
 }
 
 impl HttpClient for CaClient {
@@ -54,31 +164,56 @@ impl HttpClient for CaClient {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>,
     > {
-        let fut = self.inner.request(req);
-        let slot = self.retry_after.clone();
+        let client = self.clone();
         Box::pin(async move {
-            let rsp = fut
+            client
+                .exchange(req)
                 .await
-                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-            let status = rsp.status();
-            if status.as_u16() == 429 || status.is_server_error() {
-                if let Some(when) = rsp.headers().get(RETRY_AFTER).and_then(parse_retry_after) {
-                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-                    *slot = Some(slot.map_or(when, |old| old.max(when)));
-                }
-            }
-            Ok(BytesResponse::from(rsp))
+                .map_err(|e| instant_acme::Error::Other(Box::new(e)))
         })
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// A request to the CA that brought no usable answer.
+#[derive(Debug)]
+struct CaError {
+    /// Method and URL.
+    request: String,
+    detail: String,
+}
+
+impl fmt::Display for CaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.request, self.detail)
+    }
+}
+
+impl StdError for CaError {}
+
+/// An error and its sources, on one line.
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3), at most a day ahead.
 fn parse_retry_after(value: &http::HeaderValue) -> Option<SystemTime> {
     let value = value.to_str().ok()?.trim();
-    match u64::from_str(value) {
-        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs.min(86_400))),
-        Err(_) => httpdate::parse_http_date(value).ok(),
-    }
+    let now = SystemTime::now();
+    let when = match u64::from_str(value) {
+        Ok(secs) => now + Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())),
+        Err(_) => httpdate::parse_http_date(value).ok()?,
+    };
+    Some(when.min(now + MAX_RETRY_AFTER))
 }
 
 /// The instant-acme engine; one per [`AutoTls`](crate::AutoTls), shared by every name.
@@ -90,7 +225,26 @@ pub(crate) struct InstantAcme {
     cache: Cache,
     state: Arc<State>,
     /// Created or loaded once, by whichever name needs it first; the others wait.
-    account: tokio::sync::Mutex<Option<Account>>,
+    account: tokio::sync::Mutex<AccountSlot>,
+    /// The retry schedule, also for the account (see [`AccountSlot`]).
+    retry_min: Duration,
+    retry_max: Duration,
+}
+
+/// The shared account, or why it could not be had lately.
+///
+/// A failed attempt (CA unreachable, registration refused) is remembered with the time of
+/// the next one, on the manager's schedule: names that need the account before then get
+/// the same error at once. So N names make one attempt per retry step, never N, and a
+/// corrupt key leads to at most one new account per retry step.
+#[derive(Default)]
+struct AccountSlot {
+    account: Option<Account>,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// No new attempt before this.
+    next_attempt: Option<SystemTime>,
+    last_error: String,
 }
 
 impl InstantAcme {
@@ -127,22 +281,8 @@ impl InstantAcme {
             .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup for the CA failed", e))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new()).build(https);
         Ok(Self {
-            client: CaClient {
-                inner,
-                retry_after: Arc::default(),
-            },
+            client: CaClient::new(tls, REQUEST_TIMEOUT),
             directory: config.directory.clone(),
             contact: config.contact.clone(),
             external_account: config
@@ -151,7 +291,9 @@ impl InstantAcme {
                 .map(|e| (e.key_id.clone(), e.hmac_key.clone())),
             cache,
             state,
-            account: tokio::sync::Mutex::new(None),
+            account: tokio::sync::Mutex::new(AccountSlot::default()),
+            retry_min: config.retry_min,
+            retry_max: config.retry_max,
         })
     }
 
@@ -162,24 +304,67 @@ impl InstantAcme {
     /// The shared account: from memory, from the cached key, or newly registered (once).
     async fn account(&self) -> Result<Account, ObtainError> {
         let mut slot = self.account.lock().await;
-        if let Some(account) = &*slot {
+        if let Some(account) = &slot.account {
             return Ok(account.clone());
         }
+        if let Some(at) = slot.next_attempt.filter(|at| *at > SystemTime::now()) {
+            return Err(ObtainError {
+                message: format!(
+                    "{} (the ACME account is tried again at {}, once for all names)",
+                    slot.last_error,
+                    httpdate::fmt_http_date(at)
+                ),
+                retry_after: Some(at),
+                validation: false,
+            });
+        }
+        match self.load_or_register().await {
+            Ok(account) => {
+                *slot = AccountSlot {
+                    account: Some(account.clone()),
+                    ..AccountSlot::default()
+                };
+                Ok(account)
+            }
+            Err(mut err) => {
+                slot.failures = slot.failures.saturating_add(1);
+                let mut at =
+                    SystemTime::now() + backoff(self.retry_min, self.retry_max, slot.failures);
+                if let Some(ca) = err.retry_after {
+                    at = at.max(ca);
+                }
+                slot.next_attempt = Some(at);
+                slot.last_error = err.message.clone();
+                err.retry_after = Some(at);
+                Err(err)
+            }
+        }
+    }
+
+    /// Loads the account of the cached key, or registers a new one (and caches its key).
+    async fn load_or_register(&self) -> Result<Account, ObtainError> {
         let cached = match self.cache.read(ACCOUNT_KEY) {
             Ok(bytes) => bytes,
-            Err(e) => return Err(ObtainError::new(format!("reading the account key: {e}"))),
+            Err(e) => {
+                return Err(ObtainError::new(format!(
+                    "reading the account key {} failed: {e}",
+                    self.cache.dir().join(ACCOUNT_KEY).display()
+                )))
+            }
         };
-        let cached_key = cached.and_then(|pem| match rustls_pemfile::private_key(&mut &pem[..]) {
-            Ok(Some(PrivateKeyDer::Pkcs8(der))) => Some(der),
-            _ => {
-                self.cache
-                    .quarantine(ACCOUNT_KEY, "not a PKCS#8 private key");
+        let cached_key = cached.and_then(|pem| match account_key(&pem) {
+            Ok(key) => Some(key),
+            Err(reason) => {
+                tracing::error!(
+                    file = %self.cache.dir().join(ACCOUNT_KEY).display(),
+                    reason,
+                    "the cached ACME account key is unusable: it is moved aside and a new ACME account is registered (served certificates are not affected; restore a backup of the key to keep the old account)"
+                );
+                self.cache.quarantine(ACCOUNT_KEY, &reason);
                 None
             }
         });
-        let account = match cached_key
-            .and_then(|der| Key::from_pkcs8_der(der.clone_key()).ok().map(|k| (k, der)))
-        {
+        let account = match cached_key {
             Some((key, der)) => {
                 let (account, _) = self
                     .builder()
@@ -216,7 +401,6 @@ impl InstantAcme {
                 account
             }
         };
-        *slot = Some(account.clone());
         Ok(account)
     }
 
@@ -235,12 +419,7 @@ impl InstantAcme {
     /// The latest `Retry-After` the CA gave, while it is in the future. It is kept, not
     /// taken: the CA's wish holds for every name until it passes.
     fn retry_after(&self) -> Option<SystemTime> {
-        let slot = self
-            .client
-            .retry_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        slot.filter(|when| *when > SystemTime::now())
+        self.client.pending_retry_after()
     }
 
     async fn obtain_with(&self, name: &str, challenge: Challenge) -> Result<String, ObtainError> {
@@ -298,11 +477,18 @@ impl InstantAcme {
             }
         }
         // An order the CA could not validate ends `invalid`; instant-acme reports that as the
-        // order's problem (or, without one, as a non-ready status).
+        // order's problem (or, without one, as a non-ready status). A problem document from a
+        // failed poll (a 429 or 503) leaves the order as it was: that is the CA failing, not
+        // validation, and must not make us try the next challenge type at once.
         let problem = match order.poll_ready(&POLL).await {
             Ok(OrderStatus::Ready) => None,
             Ok(status) => Some(format!("the order is {status:?}")),
-            Err(instant_acme::Error::Api(problem)) => Some(describe_problem(&problem)),
+            Err(instant_acme::Error::Api(problem))
+                if order.state().error.is_some()
+                    || order.state().status == OrderStatus::Invalid =>
+            {
+                Some(describe_problem(&problem))
+            }
             Err(e) => return Err(self.error("waiting for validation", e)),
         };
         if let Some(problem) = problem {
@@ -373,6 +559,22 @@ impl Drop for Published<'_> {
     }
 }
 
+/// The account key in a cache file, if instant-acme can use it: PKCS#8 ECDSA P-256.
+fn account_key(pem: &[u8]) -> Result<(Key, PrivatePkcs8KeyDer<'static>), String> {
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(PrivateKeyDer::Pkcs8(der))) => match Key::from_pkcs8_der(der.clone_key()) {
+            Ok(key) => Ok((key, der)),
+            Err(e) => Err(format!(
+                "not a usable ECDSA P-256 PKCS#8 key ({})",
+                describe(&e)
+            )),
+        },
+        Ok(Some(_)) => Err("not a PKCS#8 key (a PKCS#1 or SEC1 key)".to_owned()),
+        Ok(None) => Err("no PEM private key in the file".to_owned()),
+        Err(e) => Err(format!("malformed PEM: {e}")),
+    }
+}
+
 /// The TLS-ALPN-01 validation certificate (RFC 8737 §3): self-signed for `name`, with the
 /// critical acmeIdentifier extension holding SHA-256 of the key authorization.
 fn tls_alpn_cert(name: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
@@ -395,16 +597,7 @@ fn tls_alpn_cert(name: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
 fn describe(err: &instant_acme::Error) -> String {
     match err {
         instant_acme::Error::Api(problem) => describe_problem(problem),
-        other => {
-            let mut msg = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            msg
-        }
+        other => chain(other),
     }
 }
 
@@ -412,7 +605,10 @@ fn describe(err: &instant_acme::Error) -> String {
 fn describe_problem(problem: &instant_acme::Problem) -> String {
     let kind = problem.r#type.as_deref().unwrap_or("problem");
     let detail = problem.detail.as_deref().unwrap_or("");
-    format!("the CA answered {kind}: {detail}")
+    match problem.status {
+        Some(status) => format!("the CA answered {status} {kind}: {detail}"),
+        None => format!("the CA answered {kind}: {detail}"),
+    }
 }
 
 /// PEM-encodes DER (RFC 7468).
@@ -465,5 +661,78 @@ mod tests {
         ));
         assert!(date.unwrap() > SystemTime::now());
         assert!(parse_retry_after(&http::HeaderValue::from_static("soon")).is_none());
+        let far = parse_retry_after(&http::HeaderValue::from_static(
+            "Fri, 31 Dec 2100 23:59:59 GMT",
+        ));
+        assert!(
+            far.unwrap() <= SystemTime::now() + MAX_RETRY_AFTER,
+            "capped at a day"
+        );
+    }
+
+    fn test_client(timeout: Duration) -> CaClient {
+        let tls = rustls::ClientConfig::builder_with_provider(crate::certs::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        CaClient::new(tls, timeout)
+    }
+
+    fn get(addr: std::net::SocketAddr) -> Request<BodyWrapper<Bytes>> {
+        Request::get(format!("https://{addr}/dir"))
+            .body(BodyWrapper::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_ca_that_accepts_and_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = test_client(Duration::from_millis(300))
+            .exchange(get(addr))
+            .await
+            .err()
+            .expect("no answer is an error");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(err.to_string().contains("no answer within"), "{err}");
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn nothing_is_sent_while_a_retry_after_holds() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = test_client(Duration::from_secs(5));
+        client.record_retry_after(SystemTime::now() + Duration::from_secs(60));
+        let err = client.exchange(get(addr)).await.err().expect("not sent");
+        assert!(err.to_string().contains("Retry-After"), "{err}");
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was made");
+    }
+
+    #[test]
+    fn only_a_p256_pkcs8_key_is_used_as_the_account_key() {
+        let p256 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(account_key(p256.serialize_pem().as_bytes()).is_ok());
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let err = account_key(p384.serialize_pem().as_bytes()).err().unwrap();
+        assert!(err.contains("P-256"), "{err}");
+        let garbage_der = pem_encode("PRIVATE KEY", b"not a key at all");
+        assert!(account_key(garbage_der.as_bytes()).is_err());
+        for text in [
+            "",
+            "garbage",
+            "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n",
+        ] {
+            assert!(account_key(text.as_bytes()).is_err(), "{text:?}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! renews and retries.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::engine::{Engine, ObtainError};
 use super::events::{CertEvent, CertState};
@@ -122,10 +122,16 @@ impl Manager {
             return;
         };
         let mut failures: u32 = 0;
+        // When this task last deployed a certificate from the CA.
+        let mut issued_at: Option<SystemTime> = None;
         loop {
             if failures == 0 {
                 if let Some(current) = slot.current.load_full() {
-                    let due = current.renew_at();
+                    // A CA that issues certificates already due for renewal (very short-lived,
+                    // or a skewed clock) must not be asked again at once, in a loop: one
+                    // order per first retry step at most.
+                    let floor = issued_at.map(|t| t + self.config.retry_min);
+                    let due = current.renew_at().max(floor.unwrap_or(UNIX_EPOCH));
                     slot.update(|s| s.next_attempt = Some(due));
                     sleep_until(due).await;
                     slot.update(|s| s.state = CertState::Renewing);
@@ -147,6 +153,7 @@ impl Manager {
             match result {
                 Ok((pem, deployed)) => {
                     failures = 0;
+                    issued_at = Some(SystemTime::now());
                     if let Err(err) = self.cache.write(&Cache::cert_file(&name), pem.as_bytes()) {
                         tracing::error!(name, %err, dir = %self.cache.dir().display(), "caching the new certificate failed; it is served, but a restart will order again");
                     }
@@ -176,14 +183,32 @@ impl Manager {
                     failures = failures.saturating_add(1);
                     let wait = self.backoff(failures, err.retry_after);
                     let next = SystemTime::now() + wait;
-                    tracing::warn!(
-                        name,
-                        error = %err,
-                        attempt = failures,
-                        retry_in = ?wait,
-                        "obtaining a certificate failed; {}",
-                        if renewing { "the current certificate is still served" } else { "handshakes for this name fail until it succeeds" }
-                    );
+                    let served = slot.current.load_full();
+                    match served.as_deref().map(|d| (d.is_current(), d.not_after)) {
+                        Some((true, not_after)) => tracing::warn!(
+                            name,
+                            error = %err,
+                            attempt = failures,
+                            retry_in = ?wait,
+                            expires = %httpdate::fmt_http_date(not_after),
+                            "obtaining a certificate failed; the current certificate is still served"
+                        ),
+                        Some((false, not_after)) => tracing::error!(
+                            name,
+                            error = %err,
+                            attempt = failures,
+                            retry_in = ?wait,
+                            expired = %httpdate::fmt_http_date(not_after),
+                            "obtaining a certificate failed; the served certificate has expired and clients reject it until renewal succeeds"
+                        ),
+                        None => tracing::warn!(
+                            name,
+                            error = %err,
+                            attempt = failures,
+                            retry_in = ?wait,
+                            "obtaining a certificate failed; handshakes for this name fail until it succeeds"
+                        ),
+                    }
                     slot.update(|s| {
                         s.state = CertState::Failing;
                         s.last_error = Some(err.message.clone());

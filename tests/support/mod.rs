@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod pebble;
+pub mod proxy;
 
 #[allow(unused_imports)]
 pub use client::{http_get, https_get, wait_for, HttpsReply};
