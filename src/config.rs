@@ -62,6 +62,67 @@ impl std::str::FromStr for Challenge {
     }
 }
 
+/// Which ACME client obtains the certificates.
+///
+/// Both engines keep every promise of the crate — one certificate per name, the shared
+/// account, the cache, retries, renewal timing, events, both challenges — because the crate's
+/// manager does all of that and asks the engine only for one certificate at a time. The
+/// README's "Choosing an engine" has measured figures for both.
+///
+/// ```
+/// use autotls::{AutoTls, Engine};
+///
+/// let engine: Engine = "instant-acme".parse()?;
+/// let tls = AutoTls::new(["example.com"]).engine(engine);
+/// # Ok::<(), autotls::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Engine {
+    /// [instant-acme](https://crates.io/crates/instant-acme), driven by the crate's own order
+    /// loop over a pooled HTTP client (the default): the fastest, with `Retry-After`, `badNonce`
+    /// retries and external account binding.
+    #[default]
+    InstantAcme,
+    /// [rustls-acme](https://crates.io/crates/rustls-acme)'s `AcmeState`, one per order.
+    /// Needs the crate's `rustls-acme` cargo feature: without it, choosing this engine is a
+    /// [`ConfigError`] of kind [`ConfigErrorKind::Engine`] (reported like every other
+    /// configuration error), so code naming it compiles with any feature set.
+    RustlsAcme,
+}
+
+impl Engine {
+    /// The engine's name, as `AUTOTLS_ENGINE` spells it: `"instant-acme"` or `"rustls-acme"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::InstantAcme => "instant-acme",
+            Engine::RustlsAcme => "rustls-acme",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "instant-acme" => Ok(Engine::InstantAcme),
+            "rustls-acme" => Ok(Engine::RustlsAcme),
+            _ => Err(ConfigError::new(
+                ConfigErrorKind::Engine,
+                s,
+                "unknown engine: use `instant-acme` or `rustls-acme`",
+            )),
+        }
+    }
+}
+
 /// What is wrong with a configuration, see [`ConfigError::kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -78,6 +139,9 @@ pub enum ConfigErrorKind {
     Challenge,
     /// The external account binding key is malformed.
     ExternalAccount,
+    /// The ACME engine is unknown, not built in (its cargo feature is off), or cannot do what
+    /// the rest of the configuration asks.
+    Engine,
 }
 
 /// A configuration value the crate cannot work with, naming the value and what is wrong.
@@ -117,6 +181,7 @@ impl fmt::Display for ConfigError {
             ConfigErrorKind::DirectoryRoot => "directory root certificate",
             ConfigErrorKind::Challenge => "challenge type",
             ConfigErrorKind::ExternalAccount => "external account binding",
+            ConfigErrorKind::Engine => "ACME engine",
         };
         write!(f, "invalid {what} {:?}: {}", self.input, self.reason)
     }
@@ -205,6 +270,9 @@ pub(crate) struct Config {
     pub(crate) max_pending_handshakes: usize,
     pub(crate) retry_min: Duration,
     pub(crate) retry_max: Duration,
+    pub(crate) engine: Engine,
+    /// A rustls-acme `DirCache` directory to import at start.
+    pub(crate) rustls_acme_import: Option<PathBuf>,
     /// The first error a builder call found, reported by `bind`/`start`.
     pub(crate) deferred: Option<ConfigError>,
 }
@@ -220,7 +288,30 @@ impl Config {
         if let Some(err) = &self.deferred {
             return Err(err.clone());
         }
+        self.check_engine()?;
         Ok(names)
+    }
+
+    /// The engine is built in and can do what the rest of the configuration asks.
+    pub(crate) fn check_engine(&self) -> Result<(), ConfigError> {
+        if self.engine != Engine::RustlsAcme {
+            return Ok(());
+        }
+        if !cfg!(feature = "rustls-acme") {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Engine,
+                Engine::RustlsAcme.as_str(),
+                "this build has no rustls-acme engine: enable autotls's `rustls-acme` cargo feature",
+            ));
+        }
+        if self.external_account.is_some() {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Engine,
+                Engine::RustlsAcme.as_str(),
+                "rustls-acme cannot register with external account binding: use Engine::InstantAcme",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -286,6 +377,8 @@ impl AutoTls {
             max_pending_handshakes: 1024,
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(60 * 60),
+            engine: Engine::InstantAcme,
+            rustls_acme_import: None,
             deferred: None,
         };
         let state = State::new(&config);
@@ -460,6 +553,64 @@ impl AutoTls {
         config.retry_max = cap.max(config.retry_min);
         self
     }
+
+    /// The ACME client that obtains certificates (default [`Engine::InstantAcme`]).
+    ///
+    /// [`Engine::RustlsAcme`] needs the `rustls-acme` cargo feature and cannot be combined
+    /// with [`external_account`](AutoTls::external_account); either mistake is a
+    /// [`ConfigError`] of kind [`ConfigErrorKind::Engine`], reported by
+    /// [`validate`](AutoTls::validate), [`bind`](AutoTls::bind) and [`start`](AutoTls::start).
+    /// Both engines share the cache layout and the account key, so switching keeps the
+    /// account and every cached certificate.
+    ///
+    /// ```
+    /// use autotls::{AutoTls, Engine};
+    ///
+    /// let tls = AutoTls::new(["example.com"]).engine(Engine::RustlsAcme);
+    /// assert_eq!(tls.validate().is_ok(), cfg!(feature = "rustls-acme"));
+    /// ```
+    #[must_use]
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.config_mut().engine = engine;
+        self
+    }
+
+    /// Adopts the account and certificates of a rustls-acme `DirCache` directory, so moving
+    /// from rustls-acme places no new order and registers no new account.
+    ///
+    /// At [`start`](AutoTls::start), before cached certificates are loaded, the crate reads
+    /// `dir` and copies into its own cache (`<cache_dir>/<directory>/`) what was written there
+    /// for the configured ACME directory:
+    /// - the account key (`cached_account_<hash>`, hashed from the contacts and the directory
+    ///   URL): found when [`contact`](AutoTls::contact) is given the same contacts, in the same
+    ///   order, as rustls-acme's `AcmeConfig::contact` was (or none, if it had none);
+    /// - every certificate (`cached_cert_<hash>`, hashed from its domain list and the
+    ///   directory URL) that is still valid, as `<name>.pem` for each managed name it covers
+    ///   (a rustls-acme certificate usually covers all its domains).
+    ///
+    /// Nothing is imported over a file the crate already has, so the call can stay in the
+    /// program: later starts import nothing. Each imported item is logged at `info`, each
+    /// skipped one at `warn` or `debug` with the reason. `dir` is only read; it may be the same
+    /// directory as [`cache_dir`](AutoTls::cache_dir) (the crate's files live in a
+    /// subdirectory of it). A missing `dir` is logged and skipped, not an error. Works with
+    /// either [`Engine`], without the `rustls-acme` feature.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use autotls::AutoTls;
+    ///
+    /// let tls = AutoTls::new(["example.com"])
+    ///     .contact("mailto:ops@example.com") // as given to rustls-acme's AcmeConfig
+    ///     .cache_dir("/cert-cache")
+    ///     .import_rustls_acme_cache("/rustls_acme_cache");
+    /// let listener = tls.bind("[::]:443").await?; // imports, then serves the imported certificates
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn import_rustls_acme_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config_mut().rustls_acme_import = Some(dir.into());
+        self
+    }
 }
 
 fn collect_names<I, S>(names: I) -> Result<Vec<String>, ConfigError>
@@ -546,6 +697,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("253"));
+    }
+
+    #[test]
+    fn engines_parse_and_rustls_acme_needs_its_feature_and_no_eab() {
+        assert_eq!("rustls-acme".parse::<Engine>(), Ok(Engine::RustlsAcme));
+        assert_eq!(" Instant-ACME ".parse::<Engine>(), Ok(Engine::InstantAcme));
+        let err = "certbot".parse::<Engine>().unwrap_err();
+        assert_eq!(err.kind(), ConfigErrorKind::Engine);
+        assert!(AutoTls::new(["a.test"]).validate().is_ok());
+
+        let chosen = AutoTls::new(["a.test"]).engine(Engine::RustlsAcme);
+        let result = chosen.validate();
+        assert_eq!(result.is_ok(), cfg!(feature = "rustls-acme"), "{result:?}");
+        if let Err(err) = result {
+            assert_eq!(err.kind(), ConfigErrorKind::Engine);
+            assert!(
+                err.to_string().contains("`rustls-acme` cargo feature"),
+                "{err}"
+            );
+        }
+        let err = chosen
+            .external_account("kid", "aGk")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.kind(), ConfigErrorKind::Engine);
     }
 
     #[test]

@@ -52,6 +52,7 @@
 //! | `aws-lc-rs`| yes     | aws-lc-rs as the crypto provider |
 //! | `ring`     | no      | ring as the crypto provider (used when `aws-lc-rs` is off) |
 //! | `axum`     | yes     | `axum::serve::Listener` for [`AutoTlsListener`], connect info, `axum::serve(.., tls.http_redirect())` |
+//! | `rustls-acme` | no   | rustls-acme's `AcmeState` as a second ACME engine: [`AutoTls::engine`]`(`[`Engine::RustlsAcme`]`)` |
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -68,7 +69,8 @@ mod state;
 
 pub use certs::{CertEvent, CertState, CertStatus};
 pub use config::{
-    AutoTls, Challenge, ConfigError, ConfigErrorKind, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
+    AutoTls, Challenge, ConfigError, ConfigErrorKind, Engine, LETS_ENCRYPT_PRODUCTION,
+    LETS_ENCRYPT_STAGING,
 };
 pub use error::{Error, ErrorKind};
 pub use layer::{AutoTlsLayer, AutoTlsService};

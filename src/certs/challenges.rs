@@ -1,6 +1,7 @@
 //! Pending challenge answers, published by the engine and read by the layer and listener.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use rustls::sign::CertifiedKey;
@@ -14,11 +15,21 @@ struct HttpAnswer {
     key_authorization: String,
 }
 
+/// Answers for one host that an engine keeps itself and hands out when asked (rustls-acme's
+/// resolver): consulted at validation time, after the answers published one by one.
+pub(crate) trait AnswerSource: Send + Sync + fmt::Debug {
+    /// The key authorization for this HTTP-01 `token`, if it is pending.
+    fn http_answer(&self, token: &str) -> Option<String>;
+    /// The TLS-ALPN-01 validation certificate, if one is pending.
+    fn tls_alpn_cert(&self) -> Option<Arc<CertifiedKey>>;
+}
+
 /// The answers the CA may ask for right now. Written only while an order is pending.
 #[derive(Debug, Default)]
 pub(crate) struct Challenges {
     http: RwLock<HashMap<String, HttpAnswer>>,
     tls_alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    sources: RwLock<HashMap<String, Arc<dyn AnswerSource>>>,
 }
 
 impl Challenges {
@@ -40,6 +51,7 @@ impl Challenges {
         map.get(token)
             .filter(|a| a.host == host)
             .map(|a| a.key_authorization.clone())
+            .or_else(|| self.source(host)?.http_answer(token))
     }
 
     pub(crate) fn publish_tls_alpn(&self, host: &str, cert: Arc<CertifiedKey>) {
@@ -52,6 +64,25 @@ impl Challenges {
 
     pub(crate) fn tls_alpn_cert(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         let map = self.tls_alpn.read().unwrap_or_else(|p| p.into_inner());
+        map.get(host)
+            .cloned()
+            .or_else(|| self.source(host)?.tls_alpn_cert())
+    }
+
+    /// Makes `source` answer for `host` until [`clear_source`](Self::clear_source).
+    #[cfg_attr(not(feature = "rustls-acme"), allow(dead_code))]
+    pub(crate) fn publish_source(&self, host: &str, source: Arc<dyn AnswerSource>) {
+        write(&self.sources).insert(host.to_owned(), source);
+    }
+
+    #[cfg_attr(not(feature = "rustls-acme"), allow(dead_code))]
+    pub(crate) fn clear_source(&self, host: &str) {
+        write(&self.sources).remove(host);
+    }
+
+    /// The source for `host`, cloned out so it is asked without holding the lock.
+    fn source(&self, host: &str) -> Option<Arc<dyn AnswerSource>> {
+        let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
         map.get(host).cloned()
     }
 }
@@ -82,6 +113,34 @@ mod tests {
         assert_eq!(c.http_answer("b.test", "tok"), None);
         c.clear_http("tok");
         assert_eq!(c.http_answer("a.test", "tok"), None);
+    }
+
+    #[derive(Debug)]
+    struct OneToken;
+
+    impl AnswerSource for OneToken {
+        fn http_answer(&self, token: &str) -> Option<String> {
+            (token == "live").then(|| "live.thumb".to_owned())
+        }
+
+        fn tls_alpn_cert(&self) -> Option<Arc<CertifiedKey>> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_source_answers_only_for_its_host_and_only_while_published() {
+        let c = Challenges::default();
+        c.publish_source("a.test", Arc::new(OneToken));
+        assert_eq!(
+            c.http_answer("a.test", "live").as_deref(),
+            Some("live.thumb")
+        );
+        assert_eq!(c.http_answer("a.test", "other"), None);
+        assert_eq!(c.http_answer("b.test", "live"), None);
+        assert!(c.tls_alpn_cert("a.test").is_none());
+        c.clear_source("a.test");
+        assert_eq!(c.http_answer("a.test", "live"), None);
     }
 
     #[test]

@@ -7,12 +7,45 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Challenge;
+use crate::cache::Cache;
+use crate::config::{Challenge, Config};
+use crate::error::Error;
+use crate::state::State;
 
 /// A boxed future, as engines return them.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The engine the configuration chose ([`AutoTls::engine`](crate::AutoTls::engine)).
+pub(crate) fn build(
+    config: &Config,
+    state: Arc<State>,
+    cache: Cache,
+) -> Result<Box<dyn Engine>, Error> {
+    match config.engine {
+        crate::Engine::InstantAcme => Ok(Box::new(super::instant::InstantAcme::new(
+            config, state, cache,
+        )?)),
+        #[cfg(feature = "rustls-acme")]
+        crate::Engine::RustlsAcme => Ok(Box::new(super::rustls_acme::RustlsAcme::new(
+            config, state, cache,
+        )?)),
+        #[cfg(not(feature = "rustls-acme"))]
+        crate::Engine::RustlsAcme => Err(config
+            .check_engine()
+            .err()
+            .unwrap_or_else(|| {
+                crate::ConfigError::new(
+                    crate::ConfigErrorKind::Engine,
+                    "rustls-acme",
+                    "this build has no rustls-acme engine",
+                )
+            })
+            .into()),
+    }
+}
 
 /// An ACME engine.
 pub(crate) trait Engine: Send + Sync + 'static {

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::engine::{Engine, ObtainError};
 use super::events::{CertEvent, CertState};
-use super::instant::InstantAcme;
 use super::local;
 use super::store::Deployed;
 use crate::cache::Cache;
@@ -60,12 +59,12 @@ pub(crate) fn start(tls: &AutoTls) -> Result<(), Error> {
     for name in names {
         load_cached(state, &cache, name);
     }
-    let engine = InstantAcme::new(&tls.config, state.clone(), cache.clone())?;
+    let engine = super::engine::build(&tls.config, state.clone(), cache.clone())?;
     let manager = Arc::new(Manager {
         state: state.clone(),
         config: tls.config.clone(),
         cache,
-        engine: Box::new(engine),
+        engine,
     });
     let mut tasks = tls.tasks.handles.lock().unwrap_or_else(|p| p.into_inner());
     for name in names {

@@ -9,16 +9,38 @@ mod events;
 mod instant;
 mod local;
 mod manager;
+mod migrate;
+#[cfg(feature = "rustls-acme")]
+mod rustls_acme;
 mod store;
 
 pub(crate) use challenges::{is_token, Challenges};
 pub use events::{CertEvent, CertState, CertStatus};
-pub(crate) use manager::start;
 pub(crate) use store::{CertStore, FixedResolver, StoreResolver};
 
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+
+use crate::cache::Cache;
+use crate::config::AutoTls;
+use crate::error::Error;
+
+/// Starts certificate management once (see [`AutoTls::start`]): first imports a rustls-acme
+/// cache when one was given, so that its certificates load like the crate's own.
+pub(crate) fn start(tls: &AutoTls) -> Result<(), Error> {
+    if let Some(dir) = &tls.config.rustls_acme_import {
+        let started = *tls.state.started.lock().unwrap_or_else(|p| p.into_inner());
+        if !started && !tls.config.is_local() {
+            // An invalid configuration is reported by the manager, as without an import.
+            if let Ok(names) = tls.config.check() {
+                let cache = Cache::open(&tls.config.cache_dir, &tls.config.directory)?;
+                migrate::import_rustls_acme(dir, &tls.config, &cache, names);
+            }
+        }
+    }
+    manager::start(tls)
+}
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
 compile_error!(
