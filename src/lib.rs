@@ -52,6 +52,7 @@
 //! | `aws-lc-rs`| yes     | aws-lc-rs as the crypto provider |
 //! | `ring`     | no      | ring as the crypto provider (used when `aws-lc-rs` is off) |
 //! | `axum`     | yes     | `axum::serve::Listener` for [`AutoTlsListener`], connect info, `axum::serve(.., tls.http_redirect())` |
+//! | `serve`    | no      | `autotls::serve(listener, service)`: any tower service (hyper, warp, …) over [`AutoTlsListener`] or the HTTP port's `TcpListener`, HTTP/1 + HTTP/2, graceful shutdown |
 //! | `rustls-acme` | no   | rustls-acme's `AcmeState` as a second ACME engine: [`AutoTls::engine`]`(`[`Engine::RustlsAcme`]`)` |
 
 #![forbid(unsafe_code)]
@@ -65,6 +66,8 @@ mod handle;
 pub mod layer;
 mod listener;
 mod redirect;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod state;
 
 pub use certs::{CertEvent, CertState, CertStatus};
@@ -80,6 +83,8 @@ pub use redirect::AxumHttpRedirect;
 pub use redirect::HttpRedirect;
 /// The rustls this crate uses, so your code can match its version.
 pub use rustls;
+#[cfg(feature = "serve")]
+pub use serve::serve;
 /// The tokio-rustls this crate uses ([`TlsStream`] is its server stream).
 pub use tokio_rustls;
 

@@ -126,31 +126,52 @@ async fn a_subscriber_that_never_reads_does_not_slow_anything_down() {
 async fn a_cache_that_fails_every_write_still_serves_the_new_certificate() {
     let pebble = Pebble::start().await;
     let cache = tempfile::tempdir().expect("tempdir");
+    // HTTP-01 only, and the HTTP port is served only after the cache is broken: no
+    // certificate can be issued (and written) before that.
     let tls = AutoTls::new(["a.test"])
         .directory(pebble.directory_url())
         .directory_root(pebble.directory_root_pem())
-        .challenge(Challenge::TlsAlpn01)
+        .challenge(Challenge::Http01)
+        .retry_backoff(Duration::from_millis(200), Duration::from_secs(1))
         .cache_dir(cache.path());
     tls.start().expect("start");
-    // After start, the cache directory is replaced by a regular file: every write fails.
     let dirs: Vec<_> = std::fs::read_dir(cache.path())
         .expect("read the cache root")
         .map(|e| e.expect("entry").path())
         .collect();
     assert_eq!(dirs.len(), 1);
+    // The first attempt registers the account (and caches its key), then fails validation.
+    // An unreadable account key stops registration on purpose (a new account would orphan
+    // the old one), so the cache breaks only once the account exists.
+    let key = dirs[0].join("account-key.pem");
+    wait_for("the account key to be cached", Duration::from_secs(30), || {
+        key.exists().then_some(())
+    })
+    .await;
+    // Now the cache directory is replaced by a regular file: every write fails.
     std::fs::rename(&dirs[0], cache.path().join("moved")).expect("move the directory away");
     std::fs::write(&dirs[0], b"not a directory").expect("put a file in its place");
 
-    let served = serve(&tls, &format!("127.0.0.1:{}", pebble.tls_port())).await;
-    wait_for(
-        "a certificate despite the cache",
-        Duration::from_secs(30),
-        || (tls.status()[0].state == CertState::Valid).then_some(()),
-    )
+    let http = tokio::net::TcpListener::bind(format!("127.0.0.1:{}", pebble.http_port()))
+        .await
+        .expect("bind the HTTP-01 port");
+    let redirect = tls.http_redirect();
+    let http_task = tokio::spawn(async move {
+        let _ = axum::serve(http, redirect).await;
+    });
+    let served = serve(&tls, "127.0.0.1:0").await;
+    wait_for("a certificate despite the cache", Duration::from_secs(30), || {
+        (tls.status()[0].state == CertState::Valid).then_some(())
+    })
     .await;
     let root = pebble.issuing_root_pem().await;
     let ok = https_get(served.addr, "a.test", &root, "/")
         .await
         .expect("the new certificate is served although it could not be cached");
     assert_eq!(ok.body, "Hello world");
+    assert!(
+        std::fs::metadata(&dirs[0]).expect("still there").is_file(),
+        "the cache stayed broken throughout"
+    );
+    http_task.abort();
 }
