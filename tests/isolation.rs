@@ -144,9 +144,11 @@ async fn a_cache_that_fails_every_write_still_serves_the_new_certificate() {
     // An unreadable account key stops registration on purpose (a new account would orphan
     // the old one), so the cache breaks only once the account exists.
     let key = dirs[0].join("account-key.pem");
-    wait_for("the account key to be cached", Duration::from_secs(30), || {
-        key.exists().then_some(())
-    })
+    wait_for(
+        "the account key to be cached",
+        Duration::from_secs(30),
+        || key.exists().then_some(()),
+    )
     .await;
     // Now the cache directory is replaced by a regular file: every write fails.
     std::fs::rename(&dirs[0], cache.path().join("moved")).expect("move the directory away");
@@ -160,9 +162,11 @@ async fn a_cache_that_fails_every_write_still_serves_the_new_certificate() {
         let _ = axum::serve(http, redirect).await;
     });
     let served = serve(&tls, "127.0.0.1:0").await;
-    wait_for("a certificate despite the cache", Duration::from_secs(30), || {
-        (tls.status()[0].state == CertState::Valid).then_some(())
-    })
+    wait_for(
+        "a certificate despite the cache",
+        Duration::from_secs(30),
+        || (tls.status()[0].state == CertState::Valid).then_some(()),
+    )
     .await;
     let root = pebble.issuing_root_pem().await;
     let ok = https_get(served.addr, "a.test", &root, "/")
