@@ -343,6 +343,13 @@ async fn renewal_keeps_serving_the_old_certificate_until_the_new_one_is_deployed
     assert!(status.not_after.is_some());
     let cached = std::fs::read_to_string(subdir.join("a.test.pem")).expect("read the cache");
     assert!(cached.contains("PRIVATE KEY") && cached.matches("BEGIN CERTIFICATE").count() >= 1);
+    // The renewed file replaced one the test wrote with the default mode: it is private now.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(subdir.join("a.test.pem"))
+        .expect("stat the cache file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the renewed certificate file is 0600");
 }
 
 /// Each test above, once per engine, named `<engine>::<test>`.
