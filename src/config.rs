@@ -619,9 +619,10 @@ where
     S: AsRef<str>,
 {
     let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for name in names {
         let name = normalize_name(name.as_ref())?;
-        if !out.contains(&name) {
+        if seen.insert(name.clone()) {
             out.push(name);
         }
     }

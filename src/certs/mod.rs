@@ -49,10 +49,16 @@ compile_error!(
 
 /// The crypto provider for every TLS config and key the crate makes: aws-lc-rs when its
 /// feature is on (the default), else ring.
+/// Made once: loading 10,000 cached certificates must not build 10,000 providers.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-    let provider = rustls::crypto::ring::default_provider();
-    Arc::new(provider)
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            #[cfg(feature = "aws-lc-rs")]
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+            let provider = rustls::crypto::ring::default_provider();
+            Arc::new(provider)
+        })
+        .clone()
 }

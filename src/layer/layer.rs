@@ -14,8 +14,17 @@ use crate::state::{State, Tasks};
 /// works; this type is what [`AutoTls::challenge_layer`] returns.
 #[derive(Debug, Clone)]
 pub struct AutoTlsLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What a layer and its services share, behind one `Arc`: servers clone the service for every
+/// request (hyper-util's `TowerToHyperService`, axum), so that is one reference-count update
+/// per request instead of one per field.
+#[derive(Debug)]
+pub(crate) struct Shared {
     pub(crate) state: Arc<State>,
-    pub(crate) tasks: Arc<Tasks>,
+    /// Keeps the certificate tasks alive while the app is served.
+    pub(crate) _tasks: Arc<Tasks>,
 }
 
 impl<S> Layer<S> for AutoTlsLayer {
@@ -24,8 +33,7 @@ impl<S> Layer<S> for AutoTlsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AutoTlsService {
             inner,
-            state: self.state.clone(),
-            _tasks: self.tasks.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -42,8 +50,10 @@ impl AutoTls {
     /// The layer that answers HTTP-01 challenges; `.layer(tls.clone())` does the same.
     pub fn challenge_layer(&self) -> AutoTlsLayer {
         AutoTlsLayer {
-            state: self.state.clone(),
-            tasks: self.tasks.clone(),
+            shared: Arc::new(Shared {
+                state: self.state.clone(),
+                _tasks: self.tasks.clone(),
+            }),
         }
     }
 }

@@ -19,7 +19,7 @@
 
 mod handshake;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinSet};
 
 use crate::certs::StoreResolver;
 use crate::config::AutoTls;
@@ -57,8 +57,12 @@ pub struct AutoTlsListener {
     tls: AutoTls,
     app_config: Arc<ServerConfig>,
     handshakes: JoinSet<Option<(TlsStream, SocketAddr)>>,
-    /// The handshake tasks in the order they started, to evict the oldest at the cap.
-    started: VecDeque<AbortHandle>,
+    /// Handshake tasks not joined yet, to evict the oldest at the cap. An entry leaves when its
+    /// task is joined: an `AbortHandle` keeps the whole task (its future and output, several
+    /// KB) allocated, so holding one per finished handshake would cost memory and CPU.
+    running: HashMap<Id, AbortHandle>,
+    /// Task ids in start order; ids no longer in `running` are skipped and pruned.
+    started: VecDeque<Id>,
     handshake_timeout: Duration,
     max_pending: usize,
 }
@@ -113,6 +117,7 @@ impl AutoTls {
             tls: self.clone(),
             app_config: Arc::new(app_config),
             handshakes: JoinSet::new(),
+            running: HashMap::new(),
             started: VecDeque::new(),
             handshake_timeout: self.config.handshake_timeout,
             max_pending: self.config.max_pending_handshakes,
@@ -129,9 +134,15 @@ impl AutoTlsListener {
         loop {
             tokio::select! {
                 biased;
-                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    if let Ok(Some(stream)) = done {
-                        return stream;
+                Some(done) = self.handshakes.join_next_with_id(), if !self.handshakes.is_empty() => {
+                    match done {
+                        Ok((id, stream)) => {
+                            self.forget(id);
+                            if let Some(stream) = stream {
+                                return stream;
+                            }
+                        }
+                        Err(err) => self.forget(err.id()),
                     }
                 }
                 accepted = self.tcp.accept() => match accepted {
@@ -153,18 +164,35 @@ impl AutoTlsListener {
             timeout: self.handshake_timeout,
         };
         let handle = self.handshakes.spawn(task.run(tcp, peer));
-        self.started.push_back(handle);
-        // Handles of tasks that ended are dropped lazily; keep the queue bounded.
+        let id = handle.id();
+        self.running.insert(id, handle);
+        self.started.push_back(id);
+        // Ids of joined tasks leave the queue lazily; keep it bounded.
         if self.started.len() > 2 * self.max_pending {
-            self.started.retain(|h| !h.is_finished());
+            let running = &self.running;
+            self.started.retain(|id| running.contains_key(id));
+        }
+    }
+
+    /// A joined task: drop its handle, and the ids of joined tasks at the front of the queue.
+    fn forget(&mut self, id: Id) {
+        self.running.remove(&id);
+        while let Some(front) = self.started.front() {
+            if self.running.contains_key(front) {
+                break;
+            }
+            self.started.pop_front();
         }
     }
 
     /// Closes the oldest handshake still in progress (finished ones wait for `accept`).
     fn evict_oldest(&mut self, peer: SocketAddr) {
         while let Some(oldest) = self.started.pop_front() {
-            if !oldest.is_finished() {
-                oldest.abort();
+            let Some(handle) = self.running.get(&oldest) else {
+                continue;
+            };
+            if !handle.is_finished() {
+                handle.abort();
                 tracing::debug!(%peer, limit = self.max_pending, "pending handshakes at the cap; the oldest was closed");
                 return;
             }
