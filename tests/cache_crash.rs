@@ -35,7 +35,7 @@ fn child(root: &Path) {
     let started = Instant::now();
     let mut i = 0usize;
     while started.elapsed() < CHILD_LIMIT {
-        let bytes = if i % 2 == 0 { &a } else { &b };
+        let bytes = if i.is_multiple_of(2) { &a } else { &b };
         autotls::__private::cache_write(root, DIRECTORY, FILE, bytes).expect("cache write");
         i += 1;
     }

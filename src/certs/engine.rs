@@ -49,13 +49,13 @@ pub(crate) fn build(
 
 /// An ACME engine.
 pub(crate) trait Engine: Send + Sync + 'static {
-    /// Obtains a certificate for `name`, trying `challenges` in order (a later one only when
-    /// the CA could not validate the earlier). Returns the new private key then the chain,
-    /// as PEM.
+    /// Obtains a certificate for `name` by one order answered with `challenge`. Returns the
+    /// new private key then the chain, as PEM. Which challenge to try next, when the CA could
+    /// not validate this one, is the manager's decision ([`ObtainError::validation`]).
     fn obtain<'a>(
         &'a self,
         name: &'a str,
-        challenges: &'a [Challenge],
+        challenge: Challenge,
     ) -> BoxFuture<'a, Result<String, ObtainError>>;
 }
 

@@ -521,22 +521,9 @@ impl Engine for InstantAcme {
     fn obtain<'a>(
         &'a self,
         name: &'a str,
-        challenges: &'a [Challenge],
+        challenge: Challenge,
     ) -> BoxFuture<'a, Result<String, ObtainError>> {
-        Box::pin(async move {
-            let mut last = ObtainError::new("no challenge type to try");
-            for (i, challenge) in challenges.iter().enumerate() {
-                match self.obtain_with(name, *challenge).await {
-                    Ok(pem) => return Ok(pem),
-                    Err(err) if err.validation && i + 1 < challenges.len() => {
-                        tracing::info!(name, %challenge, error = %err, "validation failed; trying the next challenge type");
-                        last = err;
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
-            Err(last)
-        })
+        Box::pin(self.obtain_with(name, challenge))
     }
 }
 

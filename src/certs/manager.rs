@@ -137,18 +137,11 @@ impl Manager {
                 }
             }
             let renewing = slot.current.load().is_some();
-            let challenges = self.challenges();
-            let result = self
-                .engine
-                .obtain(&name, &challenges)
-                .await
-                .and_then(|pem| {
-                    Deployed::from_pem(pem.as_bytes(), Some(&name))
-                        .map(|d| (pem, d))
-                        .map_err(|e| {
-                            ObtainError::new(format!("the CA's certificate is unusable: {e}"))
-                        })
-                });
+            let result = self.obtain(&name).await.and_then(|pem| {
+                Deployed::from_pem(pem.as_bytes(), Some(&name))
+                    .map(|d| (pem, d))
+                    .map_err(|e| ObtainError::new(format!("the CA's certificate is unusable: {e}")))
+            });
             match result {
                 Ok((pem, deployed)) => {
                     failures = 0;
@@ -222,6 +215,24 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// One attempt: an order per challenge type, the next type only when the CA could not
+    /// validate the previous one.
+    async fn obtain(&self, name: &str) -> Result<String, ObtainError> {
+        let challenges = self.challenges();
+        let mut last = ObtainError::new("no challenge type to try");
+        for (i, challenge) in challenges.iter().enumerate() {
+            match self.engine.obtain(name, *challenge).await {
+                Ok(pem) => return Ok(pem),
+                Err(err) if err.validation && i + 1 < challenges.len() => {
+                    tracing::info!(name, %challenge, error = %err, "validation failed; trying the next challenge type");
+                    last = err;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last)
     }
 
     /// TLS-ALPN-01 first; HTTP-01 as the fallback once the HTTP port is served.
