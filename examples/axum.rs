@@ -18,7 +18,6 @@
 #[path = "common/mod.rs"]
 pub(crate) mod common;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use autotls::TlsConnectInfo;
@@ -29,19 +28,10 @@ use axum::Router;
 #[allow(unused_imports)]
 pub(crate) use common::settings_from_env;
 use common::{Failure, Settings};
-use tokio::net::TcpListener;
 
 /// `GET /info`: what the connection looks like from the server.
 async fn info(ConnectInfo(conn): ConnectInfo<TlsConnectInfo>) -> String {
-    format!(
-        "peer: {}\nsni: {}\nalpn: {}\n",
-        conn.remote_addr,
-        conn.server_name.as_deref().unwrap_or("(none)"),
-        conn.alpn
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-    )
+    common::describe_connection(&conn)
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -54,16 +44,7 @@ pub(crate) async fn run(settings: Settings) -> Result<(), Failure> {
     } = settings;
     common::print_issued_certificates(&tls);
 
-    let http = TcpListener::bind(&http_addr)
-        .await
-        .map_err(|e| format!("binding {http_addr} (AUTOTLS_HTTP_ADDR) failed: {e}"))?;
-    let https = tls
-        .bind(&https_addr)
-        .await
-        .map_err(|e| format!("{e} (AUTOTLS_HTTPS_ADDR, AUTOTLS_CACHE_DIR or AUTOTLS_DOMAINS)"))?;
-    let https_addr: SocketAddr = https
-        .local_addr()
-        .map_err(|e| format!("reading the HTTPS address: {e}"))?;
+    let (http, https, https_addr) = common::bind_ports(&tls, &http_addr, &https_addr).await?;
 
     let app = Router::new()
         .route("/", get(|| async { "Hello world" }))

@@ -19,7 +19,6 @@ pub(crate) mod common;
 
 use std::convert::Infallible;
 use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use autotls::TlsConnectInfo;
@@ -28,7 +27,6 @@ use common::{Failure, Settings};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 /// The whole app: `GET /` says hello, `GET /info` shows the connection (peer, SNI, ALPN).
@@ -36,18 +34,7 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
     let (status, body) = match req.uri().path() {
         "/" => (StatusCode::OK, "Hello world".to_owned()),
         "/info" => match req.extensions().get::<TlsConnectInfo>() {
-            Some(conn) => (
-                StatusCode::OK,
-                format!(
-                    "peer: {}\nsni: {}\nalpn: {}\n",
-                    conn.remote_addr,
-                    conn.server_name.as_deref().unwrap_or("(none)"),
-                    conn.alpn
-                        .as_deref()
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default()
-                ),
-            ),
+            Some(conn) => (StatusCode::OK, common::describe_connection(conn)),
             None => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "no TLS connection info\n".to_owned(),
@@ -70,16 +57,7 @@ pub(crate) async fn run(settings: Settings) -> Result<(), Failure> {
     } = settings;
     common::print_issued_certificates(&tls);
 
-    let http = TcpListener::bind(&http_addr)
-        .await
-        .map_err(|e| format!("binding {http_addr} (AUTOTLS_HTTP_ADDR) failed: {e}"))?;
-    let https = tls
-        .bind(&https_addr)
-        .await
-        .map_err(|e| format!("{e} (AUTOTLS_HTTPS_ADDR, AUTOTLS_CACHE_DIR or AUTOTLS_DOMAINS)"))?;
-    let https_addr: SocketAddr = https
-        .local_addr()
-        .map_err(|e| format!("reading the HTTPS address: {e}"))?;
+    let (http, https, https_addr) = common::bind_ports(&tls, &http_addr, &https_addr).await?;
 
     // The one layer call: HTTP-01 answers in front of the app, everything else untouched.
     let app = ServiceBuilder::new().layer(tls.clone()).service_fn(app);

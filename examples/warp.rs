@@ -21,26 +21,16 @@
 pub(crate) mod common;
 
 use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use autotls::TlsConnectInfo;
 use common::{Failure, Settings};
-use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use warp::Filter;
 
 /// `GET /info`: what the connection looks like from the server.
 fn info(conn: TlsConnectInfo) -> String {
-    format!(
-        "peer: {}\nsni: {}\nalpn: {}\n",
-        conn.remote_addr,
-        conn.server_name.as_deref().unwrap_or("(none)"),
-        conn.alpn
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-    )
+    common::describe_connection(&conn)
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -53,16 +43,7 @@ pub(crate) async fn run(settings: Settings) -> Result<(), Failure> {
     } = settings;
     common::print_issued_certificates(&tls);
 
-    let http = TcpListener::bind(&http_addr)
-        .await
-        .map_err(|e| format!("binding {http_addr} (AUTOTLS_HTTP_ADDR) failed: {e}"))?;
-    let https = tls
-        .bind(&https_addr)
-        .await
-        .map_err(|e| format!("{e} (AUTOTLS_HTTPS_ADDR, AUTOTLS_CACHE_DIR or AUTOTLS_DOMAINS)"))?;
-    let https_addr: SocketAddr = https
-        .local_addr()
-        .map_err(|e| format!("reading the HTTPS address: {e}"))?;
+    let (http, https, https_addr) = common::bind_ports(&tls, &http_addr, &https_addr).await?;
 
     let hello = warp::get().and(warp::path::end()).map(|| "Hello world");
     let conn_info = warp::get()

@@ -27,7 +27,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use autotls::{AutoTls, CertEvent, Challenge, ConfigErrorKind, Engine};
+use autotls::{
+    AutoTls, AutoTlsListener, CertEvent, Challenge, ConfigErrorKind, Engine, TlsConnectInfo,
+};
+use tokio::net::TcpListener;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -226,4 +229,36 @@ where
             ExitCode::from(1)
         }
     }
+}
+
+/// Binds the HTTP port and the HTTPS listener; errors name the variable to fix.
+pub(crate) async fn bind_ports(
+    tls: &AutoTls,
+    http_addr: &str,
+    https_addr: &str,
+) -> Result<(TcpListener, AutoTlsListener, SocketAddr), Failure> {
+    let http = TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| format!("binding {http_addr} (AUTOTLS_HTTP_ADDR) failed: {e}"))?;
+    let https = tls
+        .bind(https_addr)
+        .await
+        .map_err(|e| format!("{e} (AUTOTLS_HTTPS_ADDR, AUTOTLS_CACHE_DIR or AUTOTLS_DOMAINS)"))?;
+    let bound = https
+        .local_addr()
+        .map_err(|e| format!("reading the HTTPS address: {e}"))?;
+    Ok((http, https, bound))
+}
+
+/// The body of `GET /info`: what the connection looks like from the server.
+pub(crate) fn describe_connection(conn: &TlsConnectInfo) -> String {
+    format!(
+        "peer: {}\nsni: {}\nalpn: {}\n",
+        conn.remote_addr,
+        conn.server_name.as_deref().unwrap_or("(none)"),
+        conn.alpn
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+    )
 }
