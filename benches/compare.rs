@@ -226,7 +226,10 @@ mod server {
             match args[0].as_str() {
                 "floor" => (floor(Path::new(&args[1]), false).await, 1),
                 "floor-split" => (floor(Path::new(&args[1]), true).await, 1),
-                "autotls" => autotls(Path::new(&args[1]), num(&args[2])).await,
+                "autotls" => {
+                    let via_accept = args.get(3).is_some_and(|a| a == "accept");
+                    autotls(Path::new(&args[1]), num(&args[2]), via_accept).await
+                }
                 other => panic!("unknown server kind {other}"),
             }
         });
@@ -387,7 +390,12 @@ mod server {
     }
 
     /// autotls as a user runs it: the listener, and the handler behind the layer.
-    async fn autotls(cache: &Path, names: u64) -> (u16, usize) {
+    ///
+    /// The connection's task runs the handshake and then serves it (`accept_tcp`, what
+    /// `autotls::serve` does), as the floor does; with `via_accept`, the handshake runs in a
+    /// task of the listener's and the accept loop spawns the serving task for the finished
+    /// stream (`accept`, what `axum::serve` and most custom loops do).
+    async fn autotls(cache: &Path, names: u64, via_accept: bool) -> (u16, usize) {
         let names: Vec<String> = (0..names as usize).map(name).collect();
         let tls = AutoTls::new(&names)
             .directory(UNREACHABLE_CA)
@@ -400,12 +408,26 @@ mod server {
             .filter(|s| s.state == CertState::Valid)
             .count();
         let app = tls.challenge_layer().layer(Hello);
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await;
-                tokio::spawn(serve(stream, app.clone()));
-            }
-        });
+        if via_accept {
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await;
+                    tokio::spawn(serve(stream, app.clone()));
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                loop {
+                    let (handshaking, _) = listener.accept_tcp().await;
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        if let Some(stream) = handshaking.finish().await {
+                            serve(stream, app).await;
+                        }
+                    });
+                }
+            });
+        }
         (port, valid)
     }
 }

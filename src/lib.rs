@@ -77,7 +77,7 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind};
 pub use layer::{AutoTlsLayer, AutoTlsService};
-pub use listener::{AutoTlsListener, TlsConnectInfo, TlsStream};
+pub use listener::{AutoTlsListener, Handshaking, TlsConnectInfo, TlsStream};
 #[cfg(feature = "axum")]
 pub use redirect::AxumHttpRedirect;
 pub use redirect::HttpRedirect;

@@ -78,7 +78,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower_service::Service;
 
-use crate::listener::{AutoTlsListener, TlsConnectInfo};
+use crate::listener::{AutoTlsListener, Handshaking, TlsConnectInfo};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -127,11 +127,16 @@ mod sealed {
 
     /// What [`serve`](crate::serve()) needs of a listener.
     pub trait Accept: Send + 'static {
-        /// The connection.
+        /// The connection, once ready to serve.
         type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+        /// The connection as accepted, before its handshake (if it has one).
+        type Accepted: Send + 'static;
 
         /// The next connection; never fails (errors are logged and retried).
-        fn accept(&mut self) -> impl Future<Output = (Self::Io, SocketAddr)> + Send;
+        fn accept(&mut self) -> impl Future<Output = (Self::Accepted, SocketAddr)> + Send;
+
+        /// Readies an accepted connection, in its own task; `None` to close it.
+        fn ready(accepted: Self::Accepted) -> impl Future<Output = Option<Self::Io>> + Send;
 
         /// The extension each request on `io` carries, if any.
         fn connect_info(io: &Self::Io, peer: SocketAddr) -> Option<TlsConnectInfo>;
@@ -139,9 +144,15 @@ mod sealed {
 
     impl Accept for AutoTlsListener {
         type Io = crate::listener::TlsStream;
+        type Accepted = Handshaking;
 
-        fn accept(&mut self) -> impl Future<Output = (Self::Io, SocketAddr)> + Send {
-            AutoTlsListener::accept(self)
+        fn accept(&mut self) -> impl Future<Output = (Self::Accepted, SocketAddr)> + Send {
+            // The handshake runs in the connection's task: one task per connection.
+            AutoTlsListener::accept_tcp(self)
+        }
+
+        fn ready(accepted: Handshaking) -> impl Future<Output = Option<Self::Io>> + Send {
+            accepted.finish()
         }
 
         fn connect_info(io: &Self::Io, peer: SocketAddr) -> Option<TlsConnectInfo> {
@@ -151,8 +162,9 @@ mod sealed {
 
     impl Accept for TcpListener {
         type Io = tokio::net::TcpStream;
+        type Accepted = tokio::net::TcpStream;
 
-        async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        async fn accept(&mut self) -> (Self::Accepted, SocketAddr) {
             loop {
                 match TcpListener::accept(self).await {
                     Ok((stream, peer)) => {
@@ -163,6 +175,10 @@ mod sealed {
                     Err(err) => accept_error(err).await,
                 }
             }
+        }
+
+        fn ready(accepted: Self::Accepted) -> impl Future<Output = Option<Self::Io>> + Send {
+            std::future::ready(Some(accepted))
         }
 
         fn connect_info(_io: &Self::Io, _peer: SocketAddr) -> Option<TlsConnectInfo> {
@@ -329,19 +345,19 @@ where
         tokio::select! {
             biased;
             () = &mut signal => break,
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(err) = done {
-                    if err.is_panic() {
-                        tracing::error!("a connection task panicked");
-                    }
+            (accepted, peer) = listener.accept() => {
+                // Finished connections are reaped here rather than by waiting on the set,
+                // which would wake this loop once more for every connection.
+                while let Some(done) = connections.try_join_next() {
+                    log_panic(done);
                 }
-            }
-            (io, peer) = listener.accept() => {
-                let service = WithConnectInfo {
-                    inner: service.clone(),
-                    info: L::connect_info(&io, peer),
-                };
-                connections.spawn(connection(builder.clone(), io, peer, service, stopping.clone()));
+                connections.spawn(connection::<L, S, B>(
+                    builder.clone(),
+                    accepted,
+                    peer,
+                    service.clone(),
+                    stopping.clone(),
+                ));
             }
         }
     }
@@ -355,7 +371,9 @@ where
         "shutting down: draining open connections"
     );
     let drained = tokio::time::timeout(drain_timeout, async {
-        while connections.join_next().await.is_some() {}
+        while let Some(done) = connections.join_next().await {
+            log_panic(done);
+        }
     })
     .await;
     if drained.is_err() {
@@ -368,15 +386,22 @@ where
     }
 }
 
-/// Serves one connection; on the stop signal, asks it to finish and waits until it has.
-async fn connection<I, S, B>(
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if done.is_err_and(|err| err.is_panic()) {
+        tracing::error!("a connection task panicked");
+    }
+}
+
+/// Readies one connection (its TLS handshake) and serves it; on the stop signal, closes it if
+/// it is still in its handshake, or asks it to finish and waits until it has.
+async fn connection<L, S, B>(
     builder: Builder<TokioExecutor>,
-    io: I,
+    accepted: L::Accepted,
     peer: SocketAddr,
     service: S,
     mut stopping: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    L: Listener,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -384,13 +409,25 @@ async fn connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    let mut conn = pin!(conn);
-    // The stop signal's guard must not be held across the await below (it is not `Send`).
+    // The stop signal's guard must not be held across an await (it is not `Send`).
     let stop = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
+    let mut stop = pin!(stop);
+    let io = tokio::select! {
+        io = L::ready(accepted) => io,
+        () = stop.as_mut() => None,
+    };
+    let Some(io) = io else {
+        return;
+    };
+    let service = WithConnectInfo {
+        info: L::connect_info(&io, peer),
+        inner: service,
+    };
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let mut conn = pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stop => {

@@ -52,9 +52,6 @@ const ORDER_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// order at once, this many times, before reporting the failure to the manager.
 const NONCE_RESTARTS: u32 = 10;
 
-/// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
-const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
-
 /// The rustls-acme engine; one per [`AutoTls`](crate::AutoTls), shared by every name.
 pub(crate) struct RustlsAcme {
     client_config: Arc<ClientConfig>,
@@ -331,7 +328,7 @@ impl<'a> Published<'a> {
                 let mut config = b
                     .with_root_certificates(RootCertStore::empty())
                     .with_no_client_auth();
-                config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+                config.alpn_protocols = vec![super::ACME_TLS_ALPN.to_vec()];
                 Arc::new(config)
             });
         match hello {

@@ -1,6 +1,7 @@
 //! Served certificates: SNI name → current certificate, read lock-free on every handshake.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -109,11 +110,15 @@ pub(crate) struct Slot {
     /// Woken when a certificate is deployed.
     pub(crate) deployed: Notify,
     pub(crate) status: Mutex<CertStatus>,
+    /// The store's count of slots with no certificate yet.
+    missing: Arc<AtomicUsize>,
 }
 
 impl Slot {
-    fn new(name: &str, state: CertState) -> Self {
+    fn new(name: &str, state: CertState, missing: &Arc<AtomicUsize>) -> Self {
+        missing.fetch_add(1, Ordering::AcqRel);
         Self {
+            missing: missing.clone(),
             current: ArcSwapOption::empty(),
             deployed: Notify::new(),
             status: Mutex::new(CertStatus {
@@ -128,7 +133,11 @@ impl Slot {
 
     pub(crate) fn deploy(&self, deployed: Deployed) {
         let not_after = deployed.not_after;
-        self.current.store(Some(Arc::new(deployed)));
+        if self.current.swap(Some(Arc::new(deployed))).is_none() {
+            // Released after the certificate is in place: whoever sees the count reach zero
+            // finds every certificate.
+            self.missing.fetch_sub(1, Ordering::AcqRel);
+        }
         self.deployed.notify_waiters();
         self.update(|s| {
             s.state = CertState::Valid;
@@ -161,21 +170,35 @@ pub(crate) struct CertStore {
     slots: HashMap<String, Slot>,
     /// Local mode: one self-signed certificate for every connection.
     local: Option<Slot>,
+    /// Slots with no certificate yet; never grows once the store is built.
+    missing: Arc<AtomicUsize>,
 }
 
 impl CertStore {
     pub(crate) fn new(names: &[String], local: bool) -> Self {
+        let missing = Arc::new(AtomicUsize::new(0));
         if local {
             return Self {
                 slots: HashMap::new(),
-                local: Some(Slot::new("localhost", CertState::Local)),
+                local: Some(Slot::new("localhost", CertState::Local, &missing)),
+                missing,
             };
         }
         let slots = names
             .iter()
-            .map(|n| (n.clone(), Slot::new(n, CertState::Pending)))
+            .map(|n| (n.clone(), Slot::new(n, CertState::Pending, &missing)))
             .collect();
-        Self { slots, local: None }
+        Self {
+            slots,
+            local: None,
+            missing,
+        }
+    }
+
+    /// Every name has a certificate (a certificate is replaced, never removed, so this stays
+    /// true once it is).
+    pub(crate) fn all_deployed(&self) -> bool {
+        self.missing.load(Ordering::Acquire) == 0
     }
 
     pub(crate) fn is_local(&self) -> bool {
@@ -210,23 +233,24 @@ impl CertStore {
     }
 }
 
-/// rustls's view of the store for application connections.
+/// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// rustls's view of the store: the managed name's certificate, or for a client that offers
+/// `acme-tls/1` (a TLS-ALPN-01 validation connection) the pending validation certificate.
 #[derive(Debug)]
 pub(crate) struct StoreResolver(pub(crate) Arc<crate::state::State>);
 
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if validation {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.0.challenges.tls_alpn_cert(&name);
+        }
         self.0.store.slot_for_sni(hello.server_name())?.key()
-    }
-}
-
-/// Serves one fixed certificate (TLS-ALPN-01 validation connections).
-#[derive(Debug)]
-pub(crate) struct FixedResolver(pub(crate) Arc<CertifiedKey>);
-
-impl ResolvesServerCert for FixedResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
     }
 }
 

@@ -18,8 +18,8 @@
 //! handshake deadline.
 
 mod handshake;
+mod pending;
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -28,7 +28,11 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::task::{AbortHandle, Id, JoinSet};
+use tokio::task::JoinSet;
+
+use handshake::Handshaker;
+pub use handshake::Handshaking;
+use pending::Pending;
 
 use crate::certs::StoreResolver;
 use crate::config::AutoTls;
@@ -54,17 +58,11 @@ pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 /// ```
 pub struct AutoTlsListener {
     tcp: TcpListener,
-    tls: AutoTls,
-    app_config: Arc<ServerConfig>,
+    handshaker: Arc<Handshaker>,
+    /// The cap on handshakes in progress.
+    pending: Pending,
+    /// `accept()`'s handshake tasks, finished ones until `accept()` returns them.
     handshakes: JoinSet<Option<(TlsStream, SocketAddr)>>,
-    /// Handshake tasks not joined yet, to evict the oldest at the cap. An entry leaves when its
-    /// task is joined: an `AbortHandle` keeps the whole task (its future and output, several
-    /// KB) allocated, so holding one per finished handshake would cost memory and CPU.
-    running: HashMap<Id, AbortHandle>,
-    /// Task ids in start order; ids no longer in `running` are skipped and pruned.
-    started: VecDeque<Id>,
-    handshake_timeout: Duration,
-    max_pending: usize,
 }
 
 impl fmt::Debug for AutoTlsListener {
@@ -111,16 +109,23 @@ impl AutoTls {
             .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup failed", e))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(StoreResolver(self.state.clone())));
-        app_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // `acme-tls/1` first: a client that offers it gets it (and the validation certificate
+        // from the resolver), so a validation certificate never reaches an application
+        // connection; such connections are closed after the handshake.
+        app_config.alpn_protocols = vec![
+            crate::certs::ACME_TLS_ALPN.to_vec(),
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+        ];
         Ok(AutoTlsListener {
             tcp,
-            tls: self.clone(),
-            app_config: Arc::new(app_config),
+            handshaker: Arc::new(Handshaker {
+                state: self.state.clone(),
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(app_config)),
+                timeout: self.config.handshake_timeout,
+            }),
+            pending: Pending::new(self.config.max_pending_handshakes),
             handshakes: JoinSet::new(),
-            running: HashMap::new(),
-            started: VecDeque::new(),
-            handshake_timeout: self.config.handshake_timeout,
-            max_pending: self.config.max_pending_handshakes,
         })
     }
 }
@@ -134,68 +139,69 @@ impl AutoTlsListener {
         loop {
             tokio::select! {
                 biased;
-                Some(done) = self.handshakes.join_next_with_id(), if !self.handshakes.is_empty() => {
-                    match done {
-                        Ok((id, stream)) => {
-                            self.forget(id);
-                            if let Some(stream) = stream {
-                                return stream;
-                            }
-                        }
-                        Err(err) => self.forget(err.id()),
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(stream)) = done {
+                        return stream;
                     }
                 }
                 accepted = self.tcp.accept() => match accepted {
-                    Ok((tcp, peer)) => self.start_handshake(tcp, peer),
+                    Ok((tcp, peer)) => {
+                        let handshaking = self.admit(tcp, peer);
+                        self.handshakes.spawn(async move {
+                            handshaking.finish().await.map(|stream| (stream, peer))
+                        });
+                    }
                     Err(err) => accept_error(err).await,
                 },
             }
         }
     }
 
-    fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        if self.handshakes.len() >= self.max_pending {
-            self.evict_oldest(peer);
+    /// The next TCP connection, its TLS handshake still to do: the caller runs
+    /// [`Handshaking::finish`] in the task that then serves the connection.
+    ///
+    /// One task per connection instead of [`accept`](Self::accept)'s two (a handshake task,
+    /// then the serving task the accept loop spawns): about 2 % less server CPU per new
+    /// connection (BENCHMARKS.md). [`serve`](crate::serve()) accepts this way. The
+    /// connection counts towards [`AutoTls::max_pending_handshakes`] until its handshake ends;
+    /// at the cap, the oldest handshake in progress is closed to admit this one.
+    ///
+    /// ```no_run
+    /// # async fn run(tls: autotls::AutoTls) -> Result<(), autotls::Error> {
+    /// let mut listener = tls.bind("[::]:443").await?;
+    /// loop {
+    ///     let (handshaking, _peer) = listener.accept_tcp().await;
+    ///     tokio::spawn(async move {
+    ///         let Some(stream) = handshaking.finish().await else { return };
+    ///         // hand `stream` to hyper-util's server builder
+    /// #       drop(stream);
+    ///     });
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// Never fails, like `accept`.
+    pub async fn accept_tcp(&mut self) -> (Handshaking, SocketAddr) {
+        loop {
+            match self.tcp.accept().await {
+                Ok((tcp, peer)) => return (self.admit(tcp, peer), peer),
+                Err(err) => accept_error(err).await,
+            }
         }
+    }
+
+    /// A new connection under the cap on handshakes in progress.
+    fn admit(&mut self, tcp: TcpStream, peer: SocketAddr) -> Handshaking {
         let _ = tcp.set_nodelay(true);
-        let task = handshake::Handshake {
-            state: self.tls.state.clone(),
-            app_config: self.app_config.clone(),
-            timeout: self.handshake_timeout,
-        };
-        let handle = self.handshakes.spawn(task.run(tcp, peer));
-        let id = handle.id();
-        self.running.insert(id, handle);
-        self.started.push_back(id);
-        // Ids of joined tasks leave the queue lazily; keep it bounded.
-        if self.started.len() > 2 * self.max_pending {
-            let running = &self.running;
-            self.started.retain(|id| running.contains_key(id));
+        let (ticket, evicted) = self.pending.admit();
+        if evicted {
+            tracing::debug!(%peer, limit = self.pending.max(), "pending handshakes at the cap; the oldest was closed");
         }
-    }
-
-    /// A joined task: drop its handle, and the ids of joined tasks at the front of the queue.
-    fn forget(&mut self, id: Id) {
-        self.running.remove(&id);
-        while let Some(front) = self.started.front() {
-            if self.running.contains_key(front) {
-                break;
-            }
-            self.started.pop_front();
-        }
-    }
-
-    /// Closes the oldest handshake still in progress (finished ones wait for `accept`).
-    fn evict_oldest(&mut self, peer: SocketAddr) {
-        while let Some(oldest) = self.started.pop_front() {
-            let Some(handle) = self.running.get(&oldest) else {
-                continue;
-            };
-            if !handle.is_finished() {
-                handle.abort();
-                tracing::debug!(%peer, limit = self.max_pending, "pending handshakes at the cap; the oldest was closed");
-                return;
-            }
+        Handshaking {
+            tcp,
+            peer,
+            ticket,
+            handshaker: self.handshaker.clone(),
         }
     }
 
@@ -204,9 +210,9 @@ impl AutoTlsListener {
         self.tcp.local_addr()
     }
 
-    /// How many handshakes are in progress or finished but not yet accepted.
+    /// How many handshakes are in progress, or finished but not yet returned by `accept()`.
     pub fn pending_handshakes(&self) -> usize {
-        self.handshakes.len()
+        self.pending.held().max(self.handshakes.len())
     }
 }
 
