@@ -2,15 +2,23 @@
 //! run on loopback (`bash scripts/bench`, or `cargo bench --bench compare`; BENCHMARKS.md
 //! explains every figure).
 //!
-//! Three servers run as child processes of this binary, each serving the same hello-world
+//! The servers run as child processes of this binary, each serving the same hello-world
 //! handler with the same hyper-util server (auto: HTTP/1.1 and HTTP/2) on a multi-thread
-//! tokio runtime, with the same crypto provider and the same ALPN (`h2`, `http/1.1`):
+//! tokio runtime, with the same crypto provider and the same negotiated ALPN (`h2`,
+//! `http/1.1`; autotls also lists `acme-tls/1`, which the load generator never offers):
 //!
-//! * **floor** — a plain tokio-rustls accept loop with one static certificate;
+//! * **floor** — a plain tokio-rustls accept loop with one static certificate, the handshake in
+//!   the task that then serves the connection;
 //! * **autotls, 1 name** and **autotls, 10,000 names** — `AutoTls` with its listener and the
 //!   handler behind its layer, certificates made here with rcgen and loaded through the
 //!   crate's normal cache path (`<cache_dir>/<directory slug>/<name>.pem`: key, leaf, CA).
 //!   They are valid, so the CA — an unreachable `https://127.0.0.1:1/dir` — is never contacted.
+//!   Like the floor, each connection's task runs the handshake and serves the connection
+//!   (`AutoTlsListener::accept_tcp` + `Handshaking::finish`, what `autotls::serve` does);
+//! * the same two autotls servers through `AutoTlsListener::accept` (the handshake in a task of
+//!   the listener's, the finished stream handed to the accept loop, which spawns the serving
+//!   task: the path of `axum::serve` and of loops written against `accept`), measured for
+//!   handshakes only — on a kept-alive connection the two paths are the same.
 //!
 //! The load generator is this process (tokio + rustls). Handshakes are full: client
 //! resumption is off, and every connection is checked to be `HandshakeKind::Full`. Each server
@@ -474,12 +482,36 @@ fn status_kb(field: &str) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Floor,
+    /// autotls, handshake and serving in the connection's task (`accept_tcp`).
     One,
     Many,
+    /// The same servers through `AutoTlsListener::accept` (handshake tasks, then the serving
+    /// task): measured for handshakes only, where the two paths differ.
+    OneAccept,
+    ManyAccept,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Floor, Kind::One, Kind::Many];
+    const ALL: [Kind; 5] = [
+        Kind::Floor,
+        Kind::One,
+        Kind::Many,
+        Kind::OneAccept,
+        Kind::ManyAccept,
+    ];
+    /// The servers of the main table and of the instruction counts (the first of `ALL`).
+    const MAIN: [Kind; 3] = [Kind::Floor, Kind::One, Kind::Many];
+
+    fn measures(self, load: Load) -> bool {
+        load == Load::Handshake || !matches!(self, Kind::OneAccept | Kind::ManyAccept)
+    }
+
+    fn names(self, names: usize) -> usize {
+        match self {
+            Kind::Many | Kind::ManyAccept => names,
+            _ => 1,
+        }
+    }
 }
 
 /// The certificates and cache directories, made once per run.
@@ -562,27 +594,32 @@ impl Fixtures {
                 vec!["serve".into(), "floor-split".into(), p(&self.floor_pem)]
             }
             Kind::Floor => vec!["serve".into(), "floor".into(), p(&self.floor_pem)],
-            Kind::One => vec![
-                "serve".into(),
-                "autotls".into(),
-                p(&self.one_cache),
-                "1".into(),
-            ],
-            Kind::Many => vec![
-                "serve".into(),
-                "autotls".into(),
-                p(&self.many_cache),
-                self.names.to_string(),
-            ],
+            Kind::One | Kind::OneAccept | Kind::Many | Kind::ManyAccept => {
+                let (cache, names) = match kind {
+                    Kind::One | Kind::OneAccept => (&self.one_cache, 1),
+                    _ => (&self.many_cache, self.names),
+                };
+                let path = match kind {
+                    Kind::OneAccept | Kind::ManyAccept => "accept",
+                    _ => "accept_tcp",
+                };
+                vec![
+                    "serve".into(),
+                    "autotls".into(),
+                    p(cache),
+                    names.to_string(),
+                    path.into(),
+                ]
+            }
         }
     }
 
     fn sni(&self, kind: Kind) -> Vec<String> {
         match kind {
-            Kind::Floor | Kind::One => vec![FIRST_NAME.to_owned()],
+            Kind::Floor | Kind::One | Kind::OneAccept => vec![FIRST_NAME.to_owned()],
             // Every handshake asks for another name: the map lookup misses the CPU caches as
             // it would with real traffic for many sites.
-            Kind::Many => (0..self.names).map(name).collect(),
+            Kind::Many | Kind::ManyAccept => (0..self.names).map(name).collect(),
         }
     }
 }
@@ -1066,12 +1103,10 @@ fn parent(opts: Options) {
     let mut servers: Vec<(Kind, Server)> = Kind::ALL
         .iter()
         .map(|&k| {
-            let valid = match k {
-                Kind::Floor => 1,
-                Kind::One => 1,
-                Kind::Many => opts.names,
-            };
-            (k, Server::spawn(server_command(&fx, k), valid))
+            (
+                k,
+                Server::spawn(server_command(&fx, k), k.names(opts.names)),
+            )
         })
         .collect();
     let sni: Vec<Arc<Vec<String>>> = Kind::ALL.iter().map(|&k| Arc::new(fx.sni(k))).collect();
@@ -1083,6 +1118,9 @@ fn parent(opts: Options) {
     for (i, (kind, server)) in servers.iter_mut().enumerate() {
         let addr = server.addr;
         for load in [Load::Handshake, Load::H1, Load::H2] {
+            if !kind.measures(load) {
+                continue;
+            }
             let count = if load == Load::Handshake { 200 } else { 2000 };
             rt.block_on(run_load(
                 load,
@@ -1114,6 +1152,7 @@ fn parent(opts: Options) {
             // Keep-alive connections are opened (and used once) before the clock starts.
             let mut senders: Vec<Option<Vec<Sender>>> = (0..servers.len())
                 .map(|idx| match load {
+                    _ if !servers[idx].0.measures(load) => None,
                     Load::Handshake => None,
                     Load::H1 | Load::H2 => {
                         let h2 = load == Load::H2;
@@ -1130,10 +1169,13 @@ fn parent(opts: Options) {
                     }
                 })
                 .collect();
-            let mut totals = [(Duration::ZERO, Duration::ZERO, 0usize); 3];
+            let mut totals = vec![(Duration::ZERO, Duration::ZERO, 0usize); servers.len()];
             for slice in 0..SLICES {
                 for j in 0..servers.len() {
                     let idx = (j + slice + round) % servers.len();
+                    if !servers[idx].0.measures(load) {
+                        continue;
+                    }
                     let before = servers[idx].1.stats();
                     let (elapsed, ops) = match senders[idx].take() {
                         None => rt.block_on(handshakes(
@@ -1157,6 +1199,9 @@ fn parent(opts: Options) {
             }
             drop(senders);
             for (idx, (cpu, elapsed, ops)) in totals.into_iter().enumerate() {
+                if !Kind::ALL[idx].measures(load) {
+                    continue;
+                }
                 rounds.push(
                     load,
                     Kind::ALL[idx],
@@ -1199,21 +1244,30 @@ fn parent(opts: Options) {
     );
     println!();
     let mut rows = Vec::new();
+    let figure_of = |rows: &mut Vec<Row>,
+                     (one, many): (Kind, Kind),
+                     label: &str,
+                     load: Load,
+                     f: fn(&Measured) -> f64,
+                     fmt: fn(f64) -> String,
+                     goal: &str| {
+        rows.push(Row {
+            figure: label.into(),
+            floor: fmt(rounds.median(load, Kind::Floor, f)),
+            one: fmt(rounds.median(load, one, f)),
+            one_ratio: ratio(rounds.ratio(load, one, f)),
+            many: fmt(rounds.median(load, many, f)),
+            many_ratio: ratio(rounds.ratio(load, many, f)),
+            goal: goal.into(),
+        });
+    };
     let figure = |rows: &mut Vec<Row>,
                   label: &str,
                   load: Load,
                   f: fn(&Measured) -> f64,
                   fmt: fn(f64) -> String,
                   goal: &str| {
-        rows.push(Row {
-            figure: label.into(),
-            floor: fmt(rounds.median(load, Kind::Floor, f)),
-            one: fmt(rounds.median(load, Kind::One, f)),
-            one_ratio: ratio(rounds.ratio(load, Kind::One, f)),
-            many: fmt(rounds.median(load, Kind::Many, f)),
-            many_ratio: ratio(rounds.ratio(load, Kind::Many, f)),
-            goal: goal.into(),
-        });
+        figure_of(rows, (Kind::One, Kind::Many), label, load, f, fmt, goal);
     };
     let instructions =
         |rows: &mut Vec<Row>, label: &str, ir: Option<&[f64; 3]>, goal: &str, want_max: f64| {
@@ -1262,6 +1316,30 @@ fn parent(opts: Options) {
         callgrind.as_ref().map(|c| &c[0]),
         "≤ 1.03×",
         1.03,
+    );
+    let via_accept = (Kind::OneAccept, Kind::ManyAccept);
+    let hs_one_accept = rounds.ratio(Load::Handshake, Kind::OneAccept, cpu);
+    let hs_many_accept = rounds.ratio(Load::Handshake, Kind::ManyAccept, cpu);
+    figure_of(
+        &mut rows,
+        via_accept,
+        "… full TLS handshakes/s through `accept()` (the path `axum::serve` takes)",
+        Load::Handshake,
+        per_sec,
+        rate,
+        "",
+    );
+    figure_of(
+        &mut rows,
+        via_accept,
+        "… server CPU per handshake through `accept()`",
+        Load::Handshake,
+        cpu,
+        us,
+        &format!(
+            "≤ 1.03×: {}",
+            verdict(hs_one_accept <= 1.03 && hs_many_accept <= 1.03)
+        ),
     );
     for (i, (load, label)) in [(Load::H1, "HTTP/1.1"), (Load::H2, "HTTP/2")]
         .into_iter()
@@ -1444,7 +1522,7 @@ fn callgrind_counts(
     let keep = std::env::var_os("BENCH_KEEP_CALLGRIND").map(PathBuf::from);
     let out_dir_path = keep.clone().unwrap_or_else(|| out_dir.path().to_owned());
     let mut counts = [[0.0; 3]; 3];
-    for (k, kind) in Kind::ALL.iter().enumerate() {
+    for (k, kind) in Kind::MAIN.iter().enumerate() {
         let started = Instant::now();
         let out = out_dir_path.join(format!("callgrind.{kind:?}.out").to_lowercase());
         let mut cmd = Command::new("valgrind");
@@ -1458,8 +1536,7 @@ fn callgrind_counts(
             .args(fx.server_args(*kind))
             .arg("--callgrind")
             .args([HS_WARM, HS, H1_CONNS, REQUESTS, H2_STREAMS, REQUESTS].map(|n| n.to_string()));
-        let valid = if *kind == Kind::Many { fx.names } else { 1 };
-        let mut server = Server::spawn(cmd, valid);
+        let mut server = Server::spawn(cmd, kind.names(fx.names));
         let addr = server.addr;
         let limit = Duration::from_secs(120);
         // Handshakes, one at a time.

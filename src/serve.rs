@@ -38,7 +38,32 @@
 //! }
 //! ```
 //!
+//! An axum `Router` is a tower service too, so axum apps can use this loop as well: the
+//! connection facts then come as a request extension rather than through `ConnectInfo`.
+//!
+//! ```no_run
+//! use autotls::{AutoTls, TlsConnectInfo};
+//! use axum::routing::get;
+//! use axum::{Extension, Router};
+//!
+//! async fn hello(Extension(info): Extension<TlsConnectInfo>) -> String {
+//!     format!("Hello {}", info.remote_addr)
+//! }
+//!
+//! # async fn run() -> Result<(), autotls::Error> {
+//! let tls = AutoTls::new(["example.com"]).cache_dir("/cert-cache");
+//! let app = Router::new().route("/", get(hello)).layer(tls.clone());
+//! autotls::serve(tls.bind("[::]:443").await?, app).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What the loop does
+//! - Over [`AutoTlsListener`], each connection's task runs its TLS handshake
+//!   ([`AutoTlsListener::accept_tcp`], [`Handshaking::finish`]) and then serves it: one task per
+//!   connection, as a hand-written tokio-rustls server has, where `axum::serve` (through
+//!   [`AutoTlsListener::accept`]) has a handshake task and then a serving task. The listener's
+//!   handshake deadline and pending-handshake cap apply the same way.
 //! - Each connection runs in its own task on hyper-util's auto builder: HTTP/2 when the
 //!   client speaks it (ALPN `h2` on TLS, or the HTTP/2 preface), HTTP/1.1 otherwise, with
 //!   upgrades (WebSocket) allowed. A timer is set, so hyper's HTTP/1 header read timeout
@@ -47,11 +72,13 @@
 //!   then `call`). Requests over [`AutoTlsListener`] carry a [`TlsConnectInfo`] extension
 //!   (peer address, SNI, ALPN): `req.extensions().get::<TlsConnectInfo>()`, or
 //!   `warp::ext::get::<TlsConnectInfo>()`.
-//! - Accepting never fails: [`AutoTlsListener`] yields finished handshakes only, and a TCP
-//!   accept error is logged and retried (after a pause when out of file descriptors).
-//!   Connection errors are logged at `debug` and end that connection only.
+//! - Accepting never fails: a TCP accept error is logged and retried (after a pause when out
+//!   of file descriptors). A failed handshake (or a TLS-ALPN-01 validation connection, which
+//!   the listener answers) ends its task quietly. Connection errors are logged at `debug` and
+//!   end that connection only.
 //! - Graceful shutdown ([`Serve::with_graceful_shutdown`]): when the signal resolves, the
-//!   listener is closed (new connections are refused), every open connection is asked to
+//!   listener is closed (new connections are refused), connections still in their handshake
+//!   are closed, every open connection is asked to
 //!   finish (HTTP/1 closes after the response in flight, HTTP/2 sends `GOAWAY`), and the
 //!   future resolves once they have — or after the drain timeout (10 s by default, see
 //!   [`WithGracefulShutdown::drain_timeout`]), when the rest are closed. A connection that was

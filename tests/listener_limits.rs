@@ -1,286 +1,55 @@
 //! The HTTPS listener's limits, in local mode (a self-signed certificate made at start, no CA):
 //! silent clients never hold up real ones, every handshake has a deadline, the number of
-//! pending handshakes is capped, connection facts reach the handler, and the listener works
-//! in a plain hyper-util accept loop as well as under `axum::serve`.
+//! pending handshakes is capped, connection facts reach the handler, a client offering
+//! `acme-tls/1` with no challenge pending is refused, and the listener works in plain
+//! hyper-util accept loops (`accept()`, or `accept_tcp()` with the handshake in the connection
+//! task) as well as under `axum::serve`.
 //!
 //! Clients verify the served certificate: the first connection reads it, later ones trust
 //! exactly that certificate for `localhost`.
 
-use std::convert::Infallible;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
 
-use autotls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use autotls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use autotls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use autotls::rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use autotls::tokio_rustls::client::TlsStream as ClientTlsStream;
-use autotls::tokio_rustls::TlsConnector;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use autotls::{AutoTls, TlsConnectInfo};
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::client::BoxError;
+use support::local::{
+    assert_all_still_open, client_hello, local, read_response, silent_connections,
+    time_until_closed, tls_connect, within, Client, RecordServedCert, REAL_CLIENT_BOUND,
+};
+use support::AbortOnDrop;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Generous for one handshake and one request on loopback, well under the 10 s deadline.
-const REAL_CLIENT_BOUND: Duration = Duration::from_secs(3);
-
-fn local() -> AutoTls {
-    AutoTls::new(Vec::<String>::new())
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    let provider = autotls::rustls::crypto::aws_lc_rs::default_provider();
-    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-    let provider = autotls::rustls::crypto::ring::default_provider();
-    Arc::new(provider)
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// `tls.bind("127.0.0.1:0")` served by `axum::serve` with a hello-world app.
-async fn serve_hello(tls: &AutoTls) -> (SocketAddr, AbortOnDrop) {
+/// `tls.bind("127.0.0.1:0")` served by `axum::serve` with `app`.
+async fn serve_app(tls: &AutoTls, app: Router) -> (SocketAddr, AbortOnDrop<()>) {
     let listener = tls.bind("127.0.0.1:0").await.expect("bind in local mode");
     let addr = listener.local_addr().expect("local addr");
-    let app = Router::new().route("/", get(|| async { "Hello world" }));
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.expect("axum::serve");
     });
     (addr, AbortOnDrop(task))
 }
 
-// ---------------------------------------------------------------------------------------------
-// A client that trusts exactly the certificate the server serves.
-
-/// Records the server's certificate and accepts it; used once, to learn what to trust.
-#[derive(Debug)]
-struct RecordServedCert {
-    provider: Arc<CryptoProvider>,
-    seen: Mutex<Option<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for RecordServedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, autotls::rustls::Error> {
-        *self.seen.lock().expect("lock") = Some(end_entity.clone().into_owned());
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, autotls::rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, autotls::rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A verifying client for the server at `addr`.
-struct Client {
-    addr: SocketAddr,
-    trusted: ClientConfig,
-}
-
-impl Client {
-    /// Connects once to read the served certificate, then trusts only that.
-    async fn for_server(addr: SocketAddr) -> Self {
-        let recorder = Arc::new(RecordServedCert {
-            provider: provider(),
-            seen: Mutex::new(None),
-        });
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(recorder.clone())
-            .with_no_client_auth();
-        let name = ServerName::try_from("localhost").expect("server name");
-        let first = async {
-            let tcp = TcpStream::connect(addr).await?;
-            TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-        };
-        tokio::time::timeout(REAL_CLIENT_BOUND, first)
-            .await
-            .expect("the first handshake finishes in time")
-            .expect("the first handshake succeeds");
-        let served = recorder
-            .seen
-            .lock()
-            .expect("lock")
-            .take()
-            .expect("the server presented a certificate");
-
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(served)
-            .expect("the served certificate is a usable root");
-        let trusted = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Self { addr, trusted }
-    }
-
-    /// A verified TLS connection offering `alpn`, to `server_name` (an IP sends no SNI).
-    async fn connect(
-        &self,
-        server_name: &str,
-        alpn: &[&[u8]],
-    ) -> io::Result<ClientTlsStream<TcpStream>> {
-        let mut config = self.trusted.clone();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tcp = TcpStream::connect(self.addr).await?;
-        TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-    }
-
-    /// Handshake, then `GET /` over HTTP/1.1; the status and body.
-    async fn get_h1(&self, server_name: &str) -> Result<(StatusCode, String), BoxError> {
-        let tls = self.connect(server_name, &[b"http/1.1"]).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
-        let req = Request::get("/")
-            .header("host", "localhost")
-            .body(Empty::<Bytes>::new())?;
-        read_response(sender.send_request(req).await?).await
-    }
-
-    /// Handshake, then `GET /` over HTTP/2; the status and body.
-    async fn get_h2(&self, server_name: &str) -> Result<(StatusCode, String), BoxError> {
-        let tls = self.connect(server_name, &[b"h2"]).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
-        let req = Request::get("https://localhost/").body(Empty::<Bytes>::new())?;
-        read_response(sender.send_request(req).await?).await
-    }
-}
-
-async fn read_response(
-    res: Response<hyper::body::Incoming>,
-) -> Result<(StatusCode, String), BoxError> {
-    let status = res.status();
-    let body = res.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8(body.to_vec())?))
-}
-
-/// Runs `f` under `bound`, failing the test with `what` when it takes longer.
-async fn within<T>(bound: Duration, what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(bound, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Silent and stalled clients.
-
-/// Opens `n` TCP connections that send nothing.
-async fn silent_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(
-            TcpStream::connect(addr)
-                .await
-                .expect("connect a silent client"),
-        );
-    }
-    out
-}
-
-/// Reads until the server closes (EOF or an error), discarding data; how long it took.
-async fn time_until_closed(stream: &mut TcpStream, bound: Duration, what: &str) -> Duration {
-    let start = Instant::now();
-    within(bound, what, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    start.elapsed()
-}
-
-/// Checks, concurrently, that the server has closed none of `streams`: each read must still
-/// be waiting after `wait`.
-async fn assert_all_still_open(streams: Vec<TcpStream>, wait: Duration) -> Vec<TcpStream> {
-    let mut checks = JoinSet::new();
-    for (i, mut stream) in streams.into_iter().enumerate() {
-        checks.spawn(async move {
-            let mut buf = [0u8; 1];
-            let read = tokio::time::timeout(wait, stream.read(&mut buf)).await;
-            (i, read.map(|r| r.map_err(|e| e.kind())), stream)
-        });
-    }
-    let mut back = Vec::new();
-    while let Some(done) = checks.join_next().await {
-        let (i, read, stream) = done.expect("the check task does not panic");
-        assert!(
-            read.is_err(),
-            "silent connection {i} was closed or answered by the server: {read:?}"
-        );
-        back.push(stream);
-    }
-    back
+/// `tls.bind("127.0.0.1:0")` served by `axum::serve` with a hello-world app.
+async fn serve_hello(tls: &AutoTls) -> (SocketAddr, AbortOnDrop<()>) {
+    serve_app(
+        tls,
+        Router::new().route("/", get(|| async { "Hello world" })),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -333,22 +102,6 @@ async fn a_silent_connection_is_closed_at_the_handshake_deadline() {
     .await
     .expect("a real client is served");
     assert_eq!((status, body.as_str()), (StatusCode::OK, "Hello world"));
-}
-
-/// The first TLS record a real client sends: its ClientHello.
-fn client_hello() -> Vec<u8> {
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("server name");
-    let mut conn =
-        autotls::rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).expect("write the ClientHello");
-    assert!(hello.len() > 10, "a ClientHello record");
-    hello
 }
 
 #[tokio::test]
@@ -508,32 +261,32 @@ async fn tls_connect_info_reports_the_peer_the_server_name_and_the_alpn() {
     drop(server);
 }
 
-#[tokio::test]
-async fn the_listener_works_in_a_plain_hyper_util_accept_loop() {
-    let tls = local().max_pending_handshakes(8);
-    let mut listener = tls.bind("127.0.0.1:0").await.expect("bind in local mode");
-    let addr = listener.local_addr().expect("local addr");
-    let _server = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let (stream, peer) = listener.accept().await;
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |_req: Request<hyper::body::Incoming>| async move {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                            "hello {peer}"
-                        )))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }));
+/// Serves one connection as a plain hyper-util accept loop would: HTTP/1.1 or HTTP/2, as the
+/// client speaks, answering `hello {peer}`.
+async fn serve_hello_peer(stream: autotls::TlsStream, peer: SocketAddr) {
+    let service =
+        hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| async move {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "hello {peer}"
+            )))))
+        });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// Silent clients in this many: under the cap of 8 the plain loops are bound with, so none
+/// is evicted and each must still be open at the end.
+const PLAIN_LOOP_SILENT: usize = 6;
+
+/// What a plain accept loop serving [`serve_hello_peer`] on `addr` must do: serve HTTP/1.1 and
+/// HTTP/2 while [`PLAIN_LOOP_SILENT`] silent clients wait in their handshakes, and keep those
+/// open. Makes `1 + PLAIN_LOOP_SILENT + 2` connections.
+async fn check_a_plain_accept_loop(addr: SocketAddr) {
     let client = Client::for_server(addr).await;
 
-    // Silent clients do not hold up this loop either.
-    let silent = silent_connections(addr, 6).await;
+    // Silent clients do not hold up the loop.
+    let silent = silent_connections(addr, PLAIN_LOOP_SILENT).await;
     for (what, res) in [
         (
             "HTTP/1.1",
@@ -549,4 +302,145 @@ async fn the_listener_works_in_a_plain_hyper_util_accept_loop() {
         assert!(body.starts_with("hello 127.0.0.1:"), "{what}: {body}");
     }
     assert_all_still_open(silent, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn the_listener_works_in_a_plain_hyper_util_accept_loop() {
+    let tls = local().max_pending_handshakes(8);
+    let mut listener = tls.bind("127.0.0.1:0").await.expect("bind in local mode");
+    let addr = listener.local_addr().expect("local addr");
+    let _server = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await;
+            tokio::spawn(serve_hello_peer(stream, peer));
+        }
+    }));
+    check_a_plain_accept_loop(addr).await;
+}
+
+#[tokio::test]
+async fn accept_tcp_works_in_a_plain_hyper_util_loop_with_the_handshake_in_the_connection_task() {
+    let tls = local().max_pending_handshakes(8);
+    let mut listener = tls.bind("127.0.0.1:0").await.expect("bind in local mode");
+    let addr = listener.local_addr().expect("local addr");
+    // (the peer `accept_tcp` returned, what `Handshaking::peer_addr` says) for every connection.
+    let peers = Arc::new(Mutex::new(Vec::<(SocketAddr, SocketAddr)>::new()));
+    let recorded = peers.clone();
+    let _server = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let (handshaking, peer) = listener.accept_tcp().await;
+            recorded
+                .lock()
+                .expect("lock")
+                .push((peer, handshaking.peer_addr()));
+            // One task per connection: the handshake, then serving it.
+            tokio::spawn(async move {
+                if let Some(stream) = handshaking.finish().await {
+                    serve_hello_peer(stream, peer).await;
+                }
+            });
+        }
+    }));
+    check_a_plain_accept_loop(addr).await;
+
+    let peers = peers.lock().expect("lock").clone();
+    // Every connection was accepted before the last request was answered (accepts are FIFO).
+    assert_eq!(
+        peers.len(),
+        1 + PLAIN_LOOP_SILENT + 2,
+        "one accept per connection: {peers:?}"
+    );
+    for (peer, handshaking_peer) in &peers {
+        assert_eq!(handshaking_peer, peer, "Handshaking::peer_addr");
+        assert!(peer.ip().is_loopback(), "{peer}");
+    }
+    let mut ports: Vec<u16> = peers.iter().map(|(peer, _)| peer.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), peers.len(), "distinct peers: {peers:?}");
+}
+
+#[tokio::test]
+async fn a_client_offering_acme_tls_1_fails_the_handshake_when_no_challenge_is_pending() {
+    let tls = local();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    let app = Router::new().route(
+        "/",
+        get(move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            "Hello world"
+        }),
+    );
+    let (addr, _server) = serve_app(&tls, app).await;
+    // Local mode's one name has its certificate from the start (and this handshake proves it
+    // is served): handshakes take the plain rustls accept, the resolver picks the certificate.
+    let client = Client::for_server(addr).await;
+
+    for (alpn, server_name) in [
+        (&["acme-tls/1"][..], "localhost"),
+        (&["h2", "acme-tls/1"], "localhost"),
+        (&["acme-tls/1", "http/1.1"], "localhost"),
+        // No SNI: no validation certificate could be for it either.
+        (&["acme-tls/1"], "127.0.0.1"),
+    ] {
+        let what = format!("a handshake to {server_name} offering {alpn:?}");
+        let offered: Vec<&[u8]> = alpn.iter().map(|p| p.as_bytes()).collect();
+        // Accepts any certificate, so only the server can make this handshake fail.
+        let recorder = RecordServedCert::new();
+        let result = within(
+            REAL_CLIENT_BOUND,
+            &what,
+            tls_connect(addr, server_name, recorder.client_config(&offered)),
+        )
+        .await;
+        match result {
+            Ok(stream) => panic!(
+                "{what} succeeded, negotiating {:?}",
+                stream
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .map(String::from_utf8_lossy)
+            ),
+            Err(err) => {
+                let tls_error = err
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>());
+                assert!(
+                    matches!(tls_error, Some(rustls::Error::AlertReceived(_))),
+                    "{what}: the server refuses with a TLS alert, got {err:?}"
+                );
+            }
+        }
+        assert!(
+            recorder.seen().is_none(),
+            "{what}: the server presented a certificate"
+        );
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        0,
+        "no request reached the app"
+    );
+
+    // Real clients right after are served as before.
+    for (what, res) in [
+        (
+            "HTTP/1.1",
+            within(REAL_CLIENT_BOUND, "HTTP/1.1", client.get_h1("localhost")).await,
+        ),
+        (
+            "HTTP/2",
+            within(REAL_CLIENT_BOUND, "HTTP/2", client.get_h2("localhost")).await,
+        ),
+    ] {
+        let (status, body) = res.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "Hello world"),
+            "{what}"
+        );
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "both real requests");
 }

@@ -2,6 +2,11 @@
 //! `TcpListener`, HTTP/1.1 and HTTP/2, the connection's `TlsConnectInfo` on every TLS request,
 //! and a graceful shutdown that lets the request in flight finish, refuses new connections,
 //! is not held up by silent clients, and is bounded by the drain timeout.
+//!
+//! Over `AutoTlsListener` each connection's handshake runs in its own task (`accept_tcp` +
+//! `Handshaking::finish`): local mode (no CA) checks that the handshake deadline and the cap on
+//! pending handshakes hold there too, and that clients still in their handshake are closed at
+//! once on graceful shutdown.
 
 mod support;
 
@@ -18,24 +23,20 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::client::{client_config, http_get, https_get, wait_for};
+use support::local::{
+    assert_all_still_open, client_hello, local, silent_connections, time_until_closed, within,
+    Client, REAL_CLIENT_BOUND,
+};
 use support::pebble::Pebble;
+use support::AbortOnDrop;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
 
 /// Bound for a certificate to arrive from Pebble (it takes well under a second).
 const ISSUE_LIMIT: Duration = Duration::from_secs(30);
 /// Bound for anything that should happen at once on loopback.
 const PROMPTLY: Duration = Duration::from_secs(5);
-
-/// Aborts the task on drop, so a failing test leaves no server running.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Answers with the connection facts the request carries: `peer|sni|alpn`, or `none`.
 async fn echo_connect_info(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -162,22 +163,32 @@ impl Slow {
     }
 }
 
-/// Serves `slow` on a loopback port with graceful shutdown on `stop`.
+/// Serves `slow` on a plain TCP loopback port with graceful shutdown on `stop`.
 async fn serve_slow(
     slow: &Slow,
     drain: Duration,
 ) -> (SocketAddr, oneshot::Sender<()>, AbortOnDrop<()>) {
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = tcp.local_addr().expect("local addr");
+    let (stop, server) = serve_slow_on(tcp, slow, drain);
+    (addr, stop, server)
+}
+
+/// Serves `slow` on `listener` with graceful shutdown on `stop`.
+fn serve_slow_on(
+    listener: impl autotls::serve::Listener,
+    slow: &Slow,
+    drain: Duration,
+) -> (oneshot::Sender<()>, AbortOnDrop<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
     let slow = slow.clone();
     let service = tower::service_fn(move |req| slow.clone().handle(req));
-    let server = autotls::serve(tcp, service)
+    let server = autotls::serve(listener, service)
         .with_graceful_shutdown(async move {
             let _ = stopped.await;
         })
         .drain_timeout(drain);
-    (addr, stop, AbortOnDrop(tokio::spawn(server.into_future())))
+    (stop, AbortOnDrop(tokio::spawn(server.into_future())))
 }
 
 /// Waits until connecting to `addr` is refused.
@@ -272,4 +283,176 @@ async fn the_drain_timeout_closes_connections_that_do_not_finish() {
         .expect("the stuck request ends when its connection is closed")
         .expect("client task");
     assert!(result.is_err(), "no response can come: {result:?}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_over_the_listener_closes_clients_still_in_their_handshake_at_once() {
+    let (slow, release) = Slow::new();
+    // A handshake deadline and a drain timeout far beyond the bounds below: neither is what
+    // closes the stalled clients or ends the drain.
+    let tls = local().handshake_timeout(Duration::from_secs(60));
+    let listener = tls.bind("127.0.0.1:0").await.expect("bind in local mode");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, server) = serve_slow_on(listener, &slow, Duration::from_secs(60));
+    let client = Arc::new(Client::for_server(addr).await);
+
+    // Clients in their handshake: silent ones, and one that stopped halfway through its
+    // ClientHello.
+    let mut stalled = silent_connections(addr, 3).await;
+    let hello = client_hello();
+    let mut half = TcpStream::connect(addr).await.expect("connect");
+    half.write_all(&hello[..hello.len() / 2])
+        .await
+        .expect("write half a ClientHello");
+    stalled.push(half);
+
+    // A request in flight, accepted after all of them (accepts are in order): once it has
+    // reached the handler, every stalled client has been accepted and is in its handshake.
+    let started = slow.started.notified();
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_h1_at("localhost", "/slow").await }
+    });
+    within(PROMPTLY, "the slow request reaching the handler", started).await;
+    let mut stalled = assert_all_still_open(stalled, Duration::from_millis(200)).await;
+
+    let signalled = Instant::now();
+    stop.send(()).expect("the server is running");
+    // Closed at once, while the server still waits for the request in flight. The streams
+    // stay open on this side until the end of the test.
+    for (i, stream) in stalled.iter_mut().enumerate() {
+        time_until_closed(
+            stream,
+            Duration::from_secs(2),
+            &format!("closing stalled client {i} after the shutdown signal"),
+        )
+        .await;
+    }
+    assert!(
+        !server.0.is_finished(),
+        "the server must wait for the request in flight"
+    );
+
+    release.send(()).expect("the handler waits for the release");
+    let (status, body) = within(PROMPTLY, "the request in flight", in_flight)
+        .await
+        .expect("client task")
+        .expect("the request in flight gets its response");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+    let server = &server.0;
+    wait_for("the server to finish draining", PROMPTLY, || {
+        server.is_finished().then_some(())
+    })
+    .await;
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the drain took {took:?} with stalled clients held"
+    );
+    drop(stalled);
+}
+
+/// Answers `Hello world`.
+async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::from("Hello world")))
+}
+
+/// `tls.bind("127.0.0.1:0")` served by `autotls::serve` with [`hello`].
+async fn serve_hello(tls: &AutoTls) -> (SocketAddr, AbortOnDrop<()>) {
+    let listener = tls.bind("127.0.0.1:0").await.expect("bind in local mode");
+    let addr = listener.local_addr().expect("local addr");
+    let server = autotls::serve(listener, tower::service_fn(hello));
+    (addr, AbortOnDrop(tokio::spawn(server.into_future())))
+}
+
+/// `GET /` over HTTP/1.1 and over HTTP/2, each answered `Hello world` within the bound.
+async fn assert_served_h1_and_h2(client: &Client, when: &str) {
+    for (what, res) in [
+        (
+            "HTTP/1.1",
+            within(REAL_CLIENT_BOUND, when, client.get_h1("localhost")).await,
+        ),
+        (
+            "HTTP/2",
+            within(REAL_CLIENT_BOUND, when, client.get_h2("localhost")).await,
+        ),
+    ] {
+        let (status, body) = res.unwrap_or_else(|e| panic!("{what} {when}: {e}"));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "Hello world"),
+            "{what} {when}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_at_max_pending_handshakes_closes_the_oldest_and_serves_real_clients() {
+    let tls = local().max_pending_handshakes(4);
+    let (addr, _server) = serve_hello(&tls).await;
+    let client = Client::for_server(addr).await;
+
+    let mut pending = silent_connections(addr, 4).await;
+    // A fifth connection evicts the oldest silent one, promptly.
+    let fifth = TcpStream::connect(addr).await.expect("connect a fifth");
+    let mut oldest = pending.remove(0);
+    time_until_closed(
+        &mut oldest,
+        Duration::from_secs(2),
+        "closing the oldest handshake when a fifth connection arrives",
+    )
+    .await;
+    pending.push(fifth);
+    let mut pending = assert_all_still_open(pending, Duration::from_millis(200)).await;
+    assert_eq!(pending.len(), 4, "never more than the cap");
+
+    // Real clients while the cap's worth of silent connections is held.
+    assert_served_h1_and_h2(&client, "at the cap").await;
+
+    // The first of them found the cap full and evicted the oldest silent connection; the
+    // second found the place the first one's finished handshake had freed, and closed nothing.
+    let mut next_oldest = pending.remove(0);
+    time_until_closed(
+        &mut next_oldest,
+        Duration::from_secs(2),
+        "closing the oldest silent connection for the first real client",
+    )
+    .await;
+    let pending = assert_all_still_open(pending, Duration::from_millis(200)).await;
+    assert_eq!(pending.len(), 3);
+}
+
+#[tokio::test]
+async fn serve_closes_clients_that_stall_in_their_handshake_at_the_deadline() {
+    let deadline = Duration::from_millis(300);
+    let tls = local().handshake_timeout(deadline);
+    let (addr, _server) = serve_hello(&tls).await;
+    let hello = client_hello();
+
+    // A client that sends nothing, and one that sends a whole ClientHello and then nothing
+    // (the deadline covers the rest of the handshake too), side by side.
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut whole = TcpStream::connect(addr).await.expect("connect");
+    whole.write_all(&hello).await.expect("write a ClientHello");
+    let (silent_took, whole_took) = tokio::join!(
+        time_until_closed(
+            &mut silent,
+            Duration::from_secs(5),
+            "closing a silent connection at a 300 ms deadline",
+        ),
+        time_until_closed(
+            &mut whole,
+            Duration::from_secs(5),
+            "closing a handshake that never finishes at a 300 ms deadline",
+        ),
+    );
+    for (what, took) in [("silent", silent_took), ("whole ClientHello", whole_took)] {
+        assert!(
+            took >= Duration::from_millis(250),
+            "{what}: closed after {took:?}, before the deadline"
+        );
+    }
+
+    let client = Client::for_server(addr).await;
+    assert_served_h1_and_h2(&client, "after the stalled clients").await;
 }

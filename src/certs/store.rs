@@ -247,7 +247,8 @@ impl ResolvesServerCert for StoreResolver {
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if validation {
-            let name = hello.server_name()?.to_ascii_lowercase();
+            let sni = hello.server_name()?;
+            let name = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
             return self.0.challenges.tls_alpn_cert(&name);
         }
         self.0.store.slot_for_sni(hello.server_name())?.key()

@@ -30,7 +30,9 @@ pub(super) struct Handshaker {
 ///
 /// It counts towards [`AutoTls::max_pending_handshakes`] until `finish` returns or it is
 /// dropped, and `finish` ends early (with `None`) if the listener closes it to make room at
-/// the cap.
+/// the cap. Call `finish` at once (in the spawned task): an evicted connection's socket is
+/// closed only when `finish` runs or the value is dropped, so a loop that queues these values
+/// holds more sockets open than the cap suggests.
 ///
 /// [`AutoTlsListener::accept_tcp`]: super::AutoTlsListener::accept_tcp
 /// [`AutoTls::max_pending_handshakes`]: crate::AutoTls::max_pending_handshakes

@@ -3,19 +3,29 @@
 //! `accept()` takes TCP connections and hands each to a handshake task with a deadline
 //! ([`AutoTls::handshake_timeout`], 10 s by default), up to
 //! [`AutoTls::max_pending_handshakes`] at once. It returns only streams whose handshake
-//! finished, so a slow or silent client never holds up the next one.
+//! finished, so a slow or silent client never holds up the next one. `accept_tcp()` returns
+//! the connection before its handshake instead ([`Handshaking`]), for loops that run the
+//! handshake in the task that then serves the connection (as [`serve`](crate::serve())
+//! does): one task per connection instead of two, under the same deadline and cap.
 //!
 //! At the cap, the *oldest* unfinished handshake is closed to make room for the new
 //! connection. Refusing new connections instead would let anyone who keeps the cap's worth
 //! of silent connections open (about a hundred per second at the defaults) lock every real
 //! client out; evicting the oldest means an attacker must open connections faster than a
 //! real client finishes its handshake — a few milliseconds — to shut it out. Memory and file
-//! descriptors stay bounded either way. TLS-ALPN-01 validation connections are answered inside the task
-//! and never returned. Application connections are offered ALPN `h2` and `http/1.1`.
+//! descriptors stay bounded either way.
+//!
+//! The ALPN list is `acme-tls/1`, `h2`, `http/1.1`, in that order of preference: a client that
+//! offers `acme-tls/1` is a TLS-ALPN-01 validation connection (RFC 8737), gets the pending
+//! validation certificate for its SNI (or a failed handshake when none is pending) and is
+//! closed after the handshake — never returned, whatever else it offered. Application
+//! connections get `h2` or `http/1.1`.
 //!
 //! A handshake whose SNI is not a managed name (or that has no SNI) fails and orders nothing.
-//! A managed name whose first certificate is still being ordered waits for it, within the
-//! handshake deadline.
+//! Once every name has a certificate, a handshake is a plain rustls accept whose certificate
+//! resolver looks the name up. Until then, the ClientHello is read first: a managed name whose
+//! first certificate is still being ordered waits for it, within the handshake deadline, and
+//! one whose last order failed is refused at once.
 
 mod handshake;
 mod pending;
@@ -69,7 +79,7 @@ impl fmt::Debug for AutoTlsListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AutoTlsListener")
             .field("local_addr", &self.tcp.local_addr().ok())
-            .field("pending_handshakes", &self.handshakes.len())
+            .field("pending_handshakes", &self.pending_handshakes())
             .finish_non_exhaustive()
     }
 }
