@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
@@ -22,7 +21,6 @@ pub(super) struct Handshaker {
     /// The application config: ALPN `acme-tls/1`, `h2`, `http/1.1`, certificates from
     /// [`StoreResolver`](crate::certs::StoreResolver).
     pub(super) acceptor: TlsAcceptor,
-    pub(super) timeout: Duration,
 }
 
 /// A TCP connection [`AutoTlsListener::accept_tcp`] accepted, its TLS handshake still to
@@ -71,18 +69,12 @@ impl Handshaking {
             ticket,
             handshaker,
         } = self;
-        // One deadline for reading the ClientHello and finishing the handshake.
+        // One deadline, kept by the listener's sweeper, for reading the ClientHello and
+        // finishing the handshake; the cap may end it sooner (both are logged there).
         let stream = tokio::select! {
             biased;
-            done = tokio::time::timeout(handshaker.timeout, handshaker.handshake(tcp, peer)) => match done {
-                Ok(stream) => stream,
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out; connection closed");
-                    None
-                }
-            },
-            // Logged by the accept loop that evicted it.
-            () = ticket.evicted() => None,
+            stream = handshaker.handshake(tcp, peer) => stream,
+            () = ticket.ended_early() => None,
         };
         drop(ticket);
         stream

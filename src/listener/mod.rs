@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
 use handshake::Handshaker;
 pub use handshake::Handshaking;
@@ -71,8 +71,11 @@ pub struct AutoTlsListener {
     handshaker: Arc<Handshaker>,
     /// The cap on handshakes in progress.
     pending: Pending,
-    /// `accept()`'s handshake tasks, finished ones until `accept()` returns them.
-    handshakes: JoinSet<Option<(TlsStream, SocketAddr)>>,
+    /// `accept()`'s finished handshakes, sent by their tasks. The tasks are not joined: a
+    /// task ends with its handshake, and dropping the listener ends the handshakes still in
+    /// progress (see [`Pending`]).
+    finished: mpsc::UnboundedReceiver<(TlsStream, SocketAddr)>,
+    finished_tx: mpsc::UnboundedSender<(TlsStream, SocketAddr)>,
 }
 
 impl fmt::Debug for AutoTlsListener {
@@ -127,15 +130,19 @@ impl AutoTls {
             b"h2".to_vec(),
             b"http/1.1".to_vec(),
         ];
+        let (finished_tx, finished) = mpsc::unbounded_channel();
         Ok(AutoTlsListener {
             tcp,
             handshaker: Arc::new(Handshaker {
                 state: self.state.clone(),
                 acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(app_config)),
-                timeout: self.config.handshake_timeout,
             }),
-            pending: Pending::new(self.config.max_pending_handshakes),
-            handshakes: JoinSet::new(),
+            pending: Pending::new(
+                self.config.max_pending_handshakes,
+                self.config.handshake_timeout,
+            ),
+            finished,
+            finished_tx,
         })
     }
 }
@@ -149,16 +156,17 @@ impl AutoTlsListener {
         loop {
             tokio::select! {
                 biased;
-                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    if let Ok(Some(stream)) = done {
-                        return stream;
-                    }
-                }
+                // The listener holds a sender: never `None`.
+                Some(stream) = self.finished.recv() => return stream,
                 accepted = self.tcp.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let handshaking = self.admit(tcp, peer);
-                        self.handshakes.spawn(async move {
-                            handshaking.finish().await.map(|stream| (stream, peer))
+                        let finished = self.finished_tx.clone();
+                        tokio::spawn(async move {
+                            if let Some(stream) = handshaking.finish().await {
+                                // Unsent when the listener is gone: the connection closes.
+                                let _ = finished.send((stream, peer));
+                            }
                         });
                     }
                     Err(err) => accept_error(err).await,
@@ -203,7 +211,7 @@ impl AutoTlsListener {
     /// A new connection under the cap on handshakes in progress.
     fn admit(&mut self, tcp: TcpStream, peer: SocketAddr) -> Handshaking {
         let _ = tcp.set_nodelay(true);
-        let (ticket, evicted) = self.pending.admit();
+        let (ticket, evicted) = self.pending.admit(peer);
         if evicted {
             tracing::debug!(%peer, limit = self.pending.max(), "pending handshakes at the cap; the oldest was closed");
         }
@@ -222,7 +230,7 @@ impl AutoTlsListener {
 
     /// How many handshakes are in progress, or finished but not yet returned by `accept()`.
     pub fn pending_handshakes(&self) -> usize {
-        self.pending.held().max(self.handshakes.len())
+        self.pending.held() + self.finished.len()
     }
 }
 
