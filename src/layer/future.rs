@@ -22,7 +22,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Inner { #[pin] future: F },
-        Answer { response: Option<Response<Option<Bytes>>> },
+        // Boxed: a rare path that would otherwise size (and move, and drop-check) every
+        // pass-through future as a whole `Response`.
+        Answer { response: Option<Box<Response<Option<Bytes>>>> },
     }
 }
 
@@ -36,7 +38,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn answer(response: Response<Option<Bytes>>) -> Self {
         Self {
             kind: Kind::Answer {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -55,9 +57,10 @@ where
                 .map(|r| r.map(|res| res.map(ResponseBody::inner))),
             KindProj::Answer { response } => {
                 // Polled again after completion: answer 404 rather than panic.
-                let response = response
-                    .take()
-                    .unwrap_or_else(|| super::challenge::simple(http::StatusCode::NOT_FOUND, ""));
+                let response = response.take().map_or_else(
+                    || super::challenge::simple(http::StatusCode::NOT_FOUND, ""),
+                    |boxed| *boxed,
+                );
                 Poll::Ready(Ok(response.map(ResponseBody::answer)))
             }
         }
