@@ -179,7 +179,7 @@ impl AutoTlsListener {
     /// [`Handshaking::finish`] in the task that then serves the connection.
     ///
     /// One task per connection instead of [`accept`](Self::accept)'s two (a handshake task,
-    /// then the serving task the accept loop spawns): about 2 % less server CPU per new
+    /// then the serving task the accept loop spawns): 1–2 % less server CPU per new
     /// connection (BENCHMARKS.md). [`serve`](crate::serve()) accepts this way. The
     /// connection counts towards [`AutoTls::max_pending_handshakes`] until its handshake ends;
     /// at the cap, the oldest handshake in progress is closed to admit this one.
@@ -198,7 +198,8 @@ impl AutoTlsListener {
     /// # }
     /// ```
     ///
-    /// Never fails, like `accept`.
+    /// Never fails, like `accept`. Dropping the listener closes the connections still in
+    /// their handshake (as it does for `accept`'s).
     pub async fn accept_tcp(&mut self) -> (Handshaking, SocketAddr) {
         loop {
             match self.tcp.accept().await {
