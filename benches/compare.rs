@@ -389,6 +389,12 @@ mod server {
             });
             return port;
         }
+        plain_loop(tcp, acceptor);
+        port
+    }
+
+    /// The floor's accept loop: each connection's task runs the handshake, then serves.
+    fn plain_loop(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = tcp.accept().await else {
@@ -403,7 +409,6 @@ mod server {
                 });
             }
         });
-        port
     }
 
     /// A static server with every certificate of a cache directory, picked by SNI with
@@ -440,20 +445,7 @@ mod server {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = tcp.local_addr().expect("address").port();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = tcp.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(tcp).await {
-                        serve(tls, Hello).await;
-                    }
-                });
-            }
-        });
+        plain_loop(tcp, acceptor);
         (port, loaded)
     }
 

@@ -13,17 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use autotls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use autotls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use autotls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use autotls::rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+mod support;
+
+use autotls::rustls::pki_types::{CertificateDer, ServerName};
+use autotls::rustls::{ClientConfig, RootCertStore};
 use autotls::tokio_rustls::TlsConnector;
 use autotls::{AutoTls, CertEvent, CertState, CertStatus};
 use axum::routing::get;
 use axum::Router;
 use rcgen::{CertificateParams, KeyPair};
+use support::local::RecordServedCert;
+use support::provider;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 
@@ -33,14 +33,6 @@ const SLUG: &str = "127.0.0.1_1_dir";
 /// Short, so that a handshake for a name without a certificate fails quickly.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(300);
 const BOUND: Duration = Duration::from_secs(5);
-
-fn provider() -> Arc<CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    let provider = autotls::rustls::crypto::aws_lc_rs::default_provider();
-    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-    let provider = autotls::rustls::crypto::ring::default_provider();
-    Arc::new(provider)
-}
 
 /// A cache root that does not exist yet, in a fresh temporary directory.
 fn cache_root() -> (TempDir, PathBuf) {
@@ -141,56 +133,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Accepts any certificate: for handshakes that must fail on the server's side, so that a
-/// client-side verification error cannot pass for a refusal.
-#[derive(Debug)]
-struct AcceptAnything(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, autotls::rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, autotls::rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, autotls::rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 enum Trust<'a> {
     /// Verify the chain against this certificate as the only root.
     Only(&'a CertificateDer<'static>),
@@ -213,10 +155,9 @@ async fn handshake(
             roots.add(root.clone()).expect("a usable root");
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        Trust::Anything => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider())))
-            .with_no_client_auth(),
+        // Any certificate: for handshakes that must fail on the server's side, so that a
+        // client-side verification error cannot pass for a refusal.
+        Trust::Anything => RecordServedCert::new().client_config(&[]),
     };
     config.enable_sni = send_sni;
     let name = ServerName::try_from(server_name.to_owned()).expect("server name");

@@ -26,8 +26,9 @@ use http_body_util::{Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::client::BoxError;
 use support::local::{
-    assert_all_still_open, client_hello, local, read_response, silent_connections,
-    time_until_closed, tls_connect, within, Client, RecordServedCert, REAL_CLIENT_BOUND,
+    assert_all_still_open, client_hello, fill_the_cap_of_four, local, read_response,
+    silent_connections, time_until_closed, tls_connect, within, Client, RecordServedCert,
+    REAL_CLIENT_BOUND,
 };
 use support::AbortOnDrop;
 use tokio::io::AsyncWriteExt;
@@ -149,19 +150,8 @@ async fn at_max_pending_handshakes_the_oldest_is_closed_and_a_real_client_is_ser
     let (addr, _server) = serve_hello(&tls).await;
     let client = Client::for_server(addr).await;
 
-    let mut pending = silent_connections(addr, 4).await;
-    // A fifth connection evicts the oldest silent one, promptly.
-    let fifth = TcpStream::connect(addr).await.expect("connect a fifth");
-    let mut oldest = pending.remove(0);
-    time_until_closed(
-        &mut oldest,
-        Duration::from_secs(2),
-        "closing the oldest handshake when a fifth connection arrives",
-    )
-    .await;
-    pending.push(fifth);
-    let pending = assert_all_still_open(pending, Duration::from_millis(200)).await;
-    assert_eq!(pending.len(), 4, "never more than the cap");
+    // Held (not dropped) while the real client is served.
+    let _held = fill_the_cap_of_four(addr).await;
 
     // A real client is served while the cap's worth of silent connections is held: it
     // evicts the oldest of them and completes its handshake.

@@ -24,8 +24,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::client::{client_config, http_get, https_get, wait_for};
 use support::local::{
-    assert_all_still_open, client_hello, local, silent_connections, time_until_closed, within,
-    Client, REAL_CLIENT_BOUND,
+    assert_all_still_open, client_hello, fill_the_cap_of_four, local, silent_connections,
+    time_until_closed, within, Client, REAL_CLIENT_BOUND,
 };
 use support::pebble::Pebble;
 use support::AbortOnDrop;
@@ -392,19 +392,7 @@ async fn serve_at_max_pending_handshakes_closes_the_oldest_and_serves_real_clien
     let (addr, _server) = serve_hello(&tls).await;
     let client = Client::for_server(addr).await;
 
-    let mut pending = silent_connections(addr, 4).await;
-    // A fifth connection evicts the oldest silent one, promptly.
-    let fifth = TcpStream::connect(addr).await.expect("connect a fifth");
-    let mut oldest = pending.remove(0);
-    time_until_closed(
-        &mut oldest,
-        Duration::from_secs(2),
-        "closing the oldest handshake when a fifth connection arrives",
-    )
-    .await;
-    pending.push(fifth);
-    let mut pending = assert_all_still_open(pending, Duration::from_millis(200)).await;
-    assert_eq!(pending.len(), 4, "never more than the cap");
+    let mut pending = fill_the_cap_of_four(addr).await;
 
     // Real clients while the cap's worth of silent connections is held.
     assert_served_h1_and_h2(&client, "at the cap").await;

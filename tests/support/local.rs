@@ -296,3 +296,23 @@ pub fn client_hello() -> Vec<u8> {
     assert!(hello.len() > 10, "a ClientHello record");
     hello
 }
+
+/// Against a server with `.max_pending_handshakes(4)`: holds four silent connections, checks
+/// that a fifth one closes the oldest promptly and that the others stay open, and returns
+/// the four now held (oldest first).
+pub async fn fill_the_cap_of_four(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut pending = silent_connections(addr, 4).await;
+    // A fifth connection evicts the oldest silent one, promptly.
+    let fifth = TcpStream::connect(addr).await.expect("connect a fifth");
+    let mut oldest = pending.remove(0);
+    time_until_closed(
+        &mut oldest,
+        Duration::from_secs(2),
+        "closing the oldest handshake when a fifth connection arrives",
+    )
+    .await;
+    pending.push(fifth);
+    let pending = assert_all_still_open(pending, Duration::from_millis(200)).await;
+    assert_eq!(pending.len(), 4, "never more than the cap");
+    pending
+}
