@@ -3,6 +3,9 @@
 //! slowly; Pebble rejecting half the nonces; a corrupt account key; renewal failing while a
 //! short-lived certificate runs out. Schedules are measured at the proxy, with a fast retry
 //! schedule (200 ms doubling to 800 ms) so the file runs in seconds. Loopback only.
+//!
+//! The proofs of the account gate (one account attempt per retry step for all names) run on
+//! the rustls-acme engine too, as `rustls_acme::<test>` (feature `rustls-acme`).
 
 mod support;
 
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
-use autotls::{AutoTls, CertEvent, CertState, Challenge};
+use autotls::{AutoTls, CertEvent, CertState, Challenge, Engine};
 use axum::routing::get;
 use axum::Router;
 use support::client::{http_get, https_get, wait_for};
@@ -374,8 +377,19 @@ async fn a_corrupt_account_key_is_moved_aside_and_replaced_by_at_most_one_accoun
         started.elapsed().as_millis()
     );
 
-    // Now the CA refuses the registration four times: one attempt per retry step for all
-    // three names together, and still exactly one account in the end.
+    // Now the CA refuses the registration four times.
+    refused_registrations_are_retried_once_per_retry_step(Engine::InstantAcme, &pebble, &proxy)
+        .await;
+}
+
+/// The CA (behind `proxy`) refuses the registration four times, for three names with a
+/// corrupt account key: one attempt per retry step for all three names together, and still
+/// exactly one account in the end.
+async fn refused_registrations_are_retried_once_per_retry_step(
+    engine: Engine,
+    pebble: &Pebble,
+    proxy: &FaultProxy,
+) {
     let cache = tempfile::tempdir().expect("tempdir");
     let subdir = cache_subdir(&proxy.directory_url(), cache.path());
     std::fs::create_dir_all(&subdir).expect("mkdir");
@@ -392,18 +406,21 @@ async fn a_corrupt_account_key_is_moved_aside_and_replaced_by_at_most_one_accoun
         Some("/sign-me-up"),
     );
     let names = ["reg-a.test", "reg-b.test", "reg-c.test"];
-    let tls = autotls(&proxy, &names, cache.path());
+    let tls = autotls(proxy, &names, cache.path()).engine(engine);
     let mut events = tls.subscribe();
-    let server = serve(&tls, &validation_addr(&pebble), false).await;
+    let server = serve(&tls, &validation_addr(pebble), false).await;
     wait_valid(&tls, ISSUE_LIMIT).await;
+    // A 200 answers a lookup of the existing account (each rustls-acme order makes one), not
+    // a registration.
     let registrations: Vec<SystemTime> = proxy.requests_to("/sign-me-up")[registrations_before..]
         .iter()
+        .filter(|r| r.status != Some(200))
         .map(|r| r.at)
         .collect();
     assert_eq!(
         registrations.len(),
         5,
-        "four refused registrations and one that worked, for three names:\n{}",
+        "{engine:?}: four refused registrations and one that worked, for three names:\n{}",
         proxy.report()
     );
     assert_schedule(&registrations, "account registration", &proxy.report());
@@ -414,7 +431,7 @@ async fn a_corrupt_account_key_is_moved_aside_and_replaced_by_at_most_one_accoun
         .count();
     assert!(
         (4..=12).contains(&failures),
-        "each name records the refused registration: {failures}"
+        "{engine:?}: each name records the refused registration: {failures}"
     );
     server.stop().await;
 }
@@ -425,12 +442,20 @@ async fn a_corrupt_account_key_is_moved_aside_and_replaced_by_at_most_one_accoun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_ca_at_a_cold_start_is_retried_on_schedule_and_issues_within_a_step_of_its_return(
 ) {
+    unreachable_ca_at_a_cold_start(Engine::InstantAcme).await;
+}
+
+/// The CA is unreachable at a cold start for about 3.5 s, then returns: one connection per
+/// retry step for both names together, and both certificates within a step of its return.
+async fn unreachable_ca_at_a_cold_start(engine: Engine) {
     let pebble = Pebble::start().await;
     let proxy = FaultProxy::start(&pebble).await;
     proxy.set_mode(Mode::Drop);
     let cache = tempfile::tempdir().expect("tempdir");
     let names = ["cold-a.test", "cold-b.test"];
-    let tls = autotls(&proxy, &names, cache.path()).handshake_timeout(Duration::from_millis(500));
+    let tls = autotls(&proxy, &names, cache.path())
+        .engine(engine)
+        .handshake_timeout(Duration::from_millis(500));
     let server = serve(&tls, &validation_addr(&pebble), true).await;
 
     // The HTTP port serves.
@@ -461,7 +486,7 @@ async fn an_unreachable_ca_at_a_cold_start_is_retried_on_schedule_and_issues_wit
     });
     assert!(
         (4..=7).contains(&attempts.len()),
-        "one connection per retry step for both names: {report}"
+        "{engine:?}: one connection per retry step for both names: {report}"
     );
     assert_schedule(&attempts, "connections while the CA is down", &report);
     for status in tls.status() {
@@ -895,4 +920,26 @@ async fn a_failing_renewal_keeps_the_old_certificate_served_to_its_end_and_renew
         !logged(&["ERROR", "has expired", name]).is_empty(),
         "failures after the end say the served certificate has expired"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The account gate on the rustls-acme engine: the same proofs, `rustls_acme::<test>`.
+
+#[cfg(feature = "rustls-acme")]
+mod rustls_acme {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_ca_at_a_cold_start_is_retried_on_schedule_and_issues_within_a_step_of_its_return(
+    ) {
+        unreachable_ca_at_a_cold_start(Engine::RustlsAcme).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_registration_is_retried_once_per_retry_step_for_all_names() {
+        let pebble = Pebble::start().await;
+        let proxy = FaultProxy::start(&pebble).await;
+        refused_registrations_are_retried_once_per_retry_step(Engine::RustlsAcme, &pebble, &proxy)
+            .await;
+    }
 }

@@ -29,8 +29,8 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
+use super::account_gate::AccountGate;
 use super::engine::{BoxFuture, Engine, ObtainError};
-use super::manager::backoff;
 use crate::cache::{Cache, ACCOUNT_KEY};
 use crate::config::{Challenge, Config};
 use crate::error::{Error, ErrorKind};
@@ -224,27 +224,9 @@ pub(crate) struct InstantAcme {
     external_account: Option<(String, Vec<u8>)>,
     cache: Cache,
     state: Arc<State>,
-    /// Created or loaded once, by whichever name needs it first; the others wait.
-    account: tokio::sync::Mutex<AccountSlot>,
-    /// The retry schedule, also for the account (see [`AccountSlot`]).
-    retry_min: Duration,
-    retry_max: Duration,
-}
-
-/// The shared account, or why it could not be had lately.
-///
-/// A failed attempt (CA unreachable, registration refused) is remembered with the time of
-/// the next one, on the manager's schedule: names that need the account before then get
-/// the same error at once. So N names make one attempt per retry step, never N, and a
-/// corrupt key leads to at most one new account per retry step.
-#[derive(Default)]
-struct AccountSlot {
-    account: Option<Account>,
-    /// Failed attempts in a row.
-    failures: u32,
-    /// No new attempt before this.
-    next_attempt: Option<SystemTime>,
-    last_error: String,
+    /// Created or loaded once, by whichever name needs it first; the others wait. A failed
+    /// attempt is made again once per retry step, for all names (see [`AccountGate`]).
+    account: AccountGate<Account>,
 }
 
 impl InstantAcme {
@@ -291,9 +273,7 @@ impl InstantAcme {
                 .map(|e| (e.key_id.clone(), e.hmac_key.clone())),
             cache,
             state,
-            account: tokio::sync::Mutex::new(AccountSlot::default()),
-            retry_min: config.retry_min,
-            retry_max: config.retry_max,
+            account: AccountGate::new(config.retry_min, config.retry_max),
         })
     }
 
@@ -301,44 +281,10 @@ impl InstantAcme {
         Account::builder_with_http(Box::new(self.client.clone()))
     }
 
-    /// The shared account: from memory, from the cached key, or newly registered (once).
+    /// The shared account: from memory, from the cached key, or newly registered (once),
+    /// attempted at most once per retry step.
     async fn account(&self) -> Result<Account, ObtainError> {
-        let mut slot = self.account.lock().await;
-        if let Some(account) = &slot.account {
-            return Ok(account.clone());
-        }
-        if let Some(at) = slot.next_attempt.filter(|at| *at > SystemTime::now()) {
-            return Err(ObtainError {
-                message: format!(
-                    "{} (the ACME account is tried again at {}, once for all names)",
-                    slot.last_error,
-                    httpdate::fmt_http_date(at)
-                ),
-                retry_after: Some(at),
-                validation: false,
-            });
-        }
-        match self.load_or_register().await {
-            Ok(account) => {
-                *slot = AccountSlot {
-                    account: Some(account.clone()),
-                    ..AccountSlot::default()
-                };
-                Ok(account)
-            }
-            Err(mut err) => {
-                slot.failures = slot.failures.saturating_add(1);
-                let mut at =
-                    SystemTime::now() + backoff(self.retry_min, self.retry_max, slot.failures);
-                if let Some(ca) = err.retry_after {
-                    at = at.max(ca);
-                }
-                slot.next_attempt = Some(at);
-                slot.last_error = err.message.clone();
-                err.retry_after = Some(at);
-                Err(err)
-            }
-        }
+        self.account.get(|| self.load_or_register()).await
     }
 
     /// Loads the account of the cached key, or registers a new one (and caches its key).

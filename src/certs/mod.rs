@@ -3,6 +3,7 @@
 //!
 //! This module is the only one that names an ACME engine's types.
 
+mod account_gate;
 mod challenges;
 mod engine;
 mod events;

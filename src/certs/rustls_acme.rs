@@ -37,6 +37,7 @@ use rustls_acme::{
     ResolvesServerCertAcme, UseChallenge,
 };
 
+use super::account_gate::AccountGate;
 use super::challenges::AnswerSource;
 use super::engine::{BoxFuture, Engine, ObtainError};
 use crate::cache::{Cache, ACCOUNT_KEY};
@@ -60,8 +61,9 @@ pub(crate) struct RustlsAcme {
     cache: Cache,
     state: Arc<State>,
     /// The shared account key (PKCS#8 DER): loaded or created and registered once, by
-    /// whichever name needs it first; the others wait.
-    account_key: tokio::sync::Mutex<Option<Arc<Vec<u8>>>>,
+    /// whichever name needs it first; the others wait. A failed attempt is made again once
+    /// per retry step, for all names (see [`AccountGate`]).
+    account_key: AccountGate<Arc<Vec<u8>>>,
 }
 
 impl RustlsAcme {
@@ -72,17 +74,19 @@ impl RustlsAcme {
             contact: config.contact.clone(),
             cache,
             state,
-            account_key: tokio::sync::Mutex::new(None),
+            account_key: AccountGate::new(config.retry_min, config.retry_max),
         })
     }
 
     /// The shared account key: from memory, from the cache (`account-key.pem`, the format
-    /// the default engine writes too), or newly created, registered and cached.
+    /// the default engine writes too), or newly created, registered and cached; attempted at
+    /// most once per retry step.
     async fn account_key(&self) -> Result<Arc<Vec<u8>>, ObtainError> {
-        let mut slot = self.account_key.lock().await;
-        if let Some(key) = &*slot {
-            return Ok(key.clone());
-        }
+        self.account_key.get(|| self.load_or_register()).await
+    }
+
+    /// The key in the cache, or a new one, registered and then cached.
+    async fn load_or_register(&self) -> Result<Arc<Vec<u8>>, ObtainError> {
         let cached = self
             .cache
             .read(ACCOUNT_KEY)
@@ -108,9 +112,7 @@ impl RustlsAcme {
                 der
             }
         };
-        let key = Arc::new(key);
-        *slot = Some(key.clone());
-        Ok(key)
+        Ok(Arc::new(key))
     }
 
     /// The PKCS#8 DER in a cached `account-key.pem`, if it is an ECDSA P-256 key (the only
@@ -136,6 +138,8 @@ impl RustlsAcme {
     /// Registers a new account for `key` once, before any order, so that orders running side
     /// by side find it (each rustls-acme order looks its account up by key).
     async fn register(&self, key: &[u8]) -> Result<(), ObtainError> {
+        // The directory is named: rustls-acme's errors do not say which CA failed.
+        let doing = format!("registering an ACME account at {}", self.directory);
         let mut restarts = 0;
         let account = loop {
             let registered = async {
@@ -145,8 +149,8 @@ impl RustlsAcme {
             };
             let result = tokio::time::timeout(ORDER_LIMIT, registered)
                 .await
-                .map_err(|_| ObtainError::new("registering an ACME account timed out"))?;
-            match result.map_err(|e| describe_acme("registering an ACME account", e)) {
+                .map_err(|_| ObtainError::new(format!("{doing} timed out")))?;
+            match result.map_err(|e| describe_acme(&doing, e)) {
                 Ok(account) => break account,
                 Err(failure) if failure.bad_nonce && restarts < NONCE_RESTARTS => {
                     restarts += 1;
