@@ -20,8 +20,8 @@
 //!   task: the path of `axum::serve` and of loops written against `accept`), measured for
 //!   handshakes only — on a kept-alive connection the two paths are the same;
 //! * a static server with the same 10,000 certificates (rustls's `ResolvesServerCertUsingSni`,
-//!   otherwise the floor), handshakes only: what serving that many certificates costs any
-//!   server, apart from managing them.
+//!   otherwise the floor): what serving that many certificates costs any server, apart from
+//!   managing them.
 //!
 //! The load generator is this process (tokio + rustls). Handshakes are full: client
 //! resumption is off, and every connection is checked to be `HandshakeKind::Full`. Each server
@@ -542,8 +542,8 @@ enum Kind {
     OneAccept,
     ManyAccept,
     /// A static server with the same 10,000 certificates (rustls's
-    /// `ResolvesServerCertUsingSni`), handshakes only: what serving that many certificates
-    /// costs whoever manages them.
+    /// `ResolvesServerCertUsingSni`): what serving that many certificates costs whoever
+    /// manages them.
     FloorMany,
 }
 
@@ -560,8 +560,7 @@ impl Kind {
     const MAIN: [Kind; 3] = [Kind::Floor, Kind::One, Kind::Many];
 
     fn measures(self, load: Load) -> bool {
-        load == Load::Handshake
-            || !matches!(self, Kind::OneAccept | Kind::ManyAccept | Kind::FloorMany)
+        load == Load::Handshake || !matches!(self, Kind::OneAccept | Kind::ManyAccept)
     }
 
     fn names(self, names: usize) -> usize {
@@ -1590,6 +1589,28 @@ fn parent(opts: Options) {
             ratio(rounds.ratio_to(Load::Handshake, kind, Kind::FloorMany, cpu)),
             ratio(rounds.slice_ratio(Load::Handshake, kind, Kind::FloorMany, cpu)),
         );
+    }
+
+    println!();
+    println!(
+        "Keep-alive requests (the connections are made to the first name): server CPU per \
+         request and requests/s, paired per slice."
+    );
+    println!();
+    println!("| load | figure | static {n} ÷ floor | autotls {n} ÷ floor | autotls {n} ÷ static {n} |", n = thousands(opts.names as f64));
+    println!("|---|---|---:|---:|---:|");
+    for (load, label) in [(Load::H1, "HTTP/1.1"), (Load::H2, "HTTP/2")] {
+        for (figure, f) in [
+            ("server CPU per request", cpu as fn(&Measured) -> f64),
+            ("requests/s", per_sec as fn(&Measured) -> f64),
+        ] {
+            println!(
+                "| {label} | {figure} | {} | {} | {} |",
+                ratio(rounds.slice_ratio(load, Kind::FloorMany, Kind::Floor, f)),
+                ratio(rounds.slice_ratio(load, Kind::Many, Kind::Floor, f)),
+                ratio(rounds.slice_ratio(load, Kind::Many, Kind::FloorMany, f)),
+            );
+        }
     }
 
     println!();
