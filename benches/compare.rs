@@ -1597,7 +1597,10 @@ fn parent(opts: Options) {
          request and requests/s, paired per slice."
     );
     println!();
-    println!("| load | figure | static {n} ÷ floor | autotls {n} ÷ floor | autotls {n} ÷ static {n} |", n = thousands(opts.names as f64));
+    println!(
+        "| load | figure | static {n} ÷ floor | autotls {n} ÷ floor | autotls {n} ÷ static {n} |",
+        n = thousands(opts.names as f64)
+    );
     println!("|---|---|---:|---:|---:|");
     for (load, label) in [(Load::H1, "HTTP/1.1"), (Load::H2, "HTTP/2")] {
         for (figure, f) in [

@@ -88,7 +88,6 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
@@ -105,7 +104,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower_service::Service;
 
-use crate::listener::{AutoTlsListener, Handshaking, TlsConnectInfo};
+use crate::listener::{accept_error, AutoTlsListener, Handshaking, TlsConnectInfo};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -212,21 +211,6 @@ mod sealed {
             None
         }
     }
-}
-
-/// Connection errors are the peer's business; anything else (out of file descriptors) needs
-/// a pause before the next try, or the loop would spin.
-async fn accept_error(err: io::Error) {
-    if matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(%err, "accepting a connection failed; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// The server [`serve`](crate::serve()) returns: await it to serve until dropped.

@@ -8,15 +8,17 @@ use std::fs;
 use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use autotls::{AutoTls, CertState, Challenge};
 use support::client::wait_for;
 use support::pebble::Pebble;
+use support::process::run_test_in_child;
 
 const CHILD_ENV: &str = "AUTOTLS_E2E_UMASK_CACHE_ROOT";
 const TEST_NAME: &str = "cache_files_are_0600_and_directories_0700_under_umask_000";
+/// Bound for the child: Pebble's start and one issuance (itself bounded at 30 s).
+const CHILD_LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn cache_files_are_0600_and_directories_0700_under_umask_000() {
@@ -29,21 +31,11 @@ fn cache_files_are_0600_and_directories_0700_under_umask_000() {
 fn parent() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("cache");
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(r#"umask 000 && exec "$0" "$@""#)
-        .arg(&exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &root)
-        .output()
-        .expect("running the test binary under sh");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "the child failed ({}):\n{stdout}\n{stderr}",
-        output.status
+    run_test_in_child(
+        TEST_NAME,
+        &[(CHILD_ENV, root.as_os_str())],
+        Some("umask 000"),
+        CHILD_LIMIT,
     );
 }
 

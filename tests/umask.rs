@@ -5,12 +5,15 @@
 //! and that the write probe leaves nothing behind. The Pebble tests check the files written
 //! after issuance.
 
+mod support;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
 
 use autotls::AutoTls;
+use support::process::run_test_in_child;
 
 /// Set in the child: the cache root to use.
 const CHILD_ENV: &str = "AUTOTLS_UMASK_TEST_CACHE_ROOT";
@@ -18,6 +21,8 @@ const CHILD_ENV: &str = "AUTOTLS_UMASK_TEST_CACHE_ROOT";
 const TEST_NAME: &str = "the_cache_directory_is_private_even_under_umask_000";
 const NOWHERE: &str = "https://127.0.0.1:1/dir";
 const SLUG: &str = "127.0.0.1_1_dir";
+/// Bound for the child: it starts the crate once, with no CA to talk to.
+const CHILD_LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn the_cache_directory_is_private_even_under_umask_000() {
@@ -30,25 +35,11 @@ fn the_cache_directory_is_private_even_under_umask_000() {
 fn parent() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("cache");
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(r#"umask 000 && exec "$0" "$@""#)
-        .arg(&exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &root)
-        .output()
-        .expect("running the test binary under sh");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the child failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child did not run the test:\n{stdout}\n{stderr}"
+    run_test_in_child(
+        TEST_NAME,
+        &[(CHILD_ENV, root.as_os_str())],
+        Some("umask 000"),
+        CHILD_LIMIT,
     );
     // What the child left behind, seen from outside.
     assert_private_and_empty(&root);

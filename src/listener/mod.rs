@@ -235,8 +235,10 @@ impl AutoTlsListener {
     }
 }
 
-/// Connection errors are the peer's business; resource exhaustion needs a pause.
-async fn accept_error(err: io::Error) {
+/// After a failed TCP accept: connection errors are the peer's business and the next accept
+/// follows at once; anything else (out of file descriptors) is logged and waited out for a
+/// second, or the loop would spin (`tests/fd_exhaustion.rs`).
+pub(crate) async fn accept_error(err: io::Error) {
     if matches!(
         err.kind(),
         io::ErrorKind::ConnectionRefused

@@ -4,6 +4,8 @@
 //! * [`client`]: small HTTP/HTTPS clients for checking what a server under test serves.
 //! * [`local`]: local mode (a self-signed certificate, no CA), verifying clients for it, and
 //!   silent or stalled clients with bounds on how long the server takes to close them.
+//! * [`process`]: re-running one test in a child process (for process-wide settings: umask,
+//!   file-descriptor limit), and the process's CPU time and open file descriptors.
 //!
 //! Every test binary compiles this module but uses only part of it, hence the `allow`s.
 #![allow(dead_code)]
@@ -11,6 +13,7 @@
 pub mod client;
 pub mod local;
 pub mod pebble;
+pub mod process;
 pub mod proxy;
 
 #[allow(unused_imports)]
