@@ -58,6 +58,8 @@ mod harness;
 #[path = "support/mod.rs"]
 mod support;
 
+use support::median;
+
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::io::{BufRead, BufReader, Write};
@@ -1042,19 +1044,6 @@ enum Load {
     H2,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Per-round results: one value per round for each (load, server).
 #[derive(Default)]
 struct Rounds {
@@ -1077,7 +1066,12 @@ impl Rounds {
     fn slice_ratio(&self, load: Load, kind: Kind, base: Kind, f: fn(&Measured) -> f64) -> f64 {
         let key = |k: Kind| (load as u8, k as u8);
         match (self.slices.get(&key(kind)), self.slices.get(&key(base))) {
-            (Some(k), Some(b)) => median(k.iter().zip(b).map(|(k, b)| f(k) / f(b)).collect()),
+            (Some(k), Some(b)) => median(
+                &k.iter()
+                    .zip(b)
+                    .map(|(k, b)| f(k) / f(b))
+                    .collect::<Vec<_>>(),
+            ),
             _ => f64::NAN,
         }
     }
@@ -1096,7 +1090,7 @@ impl Rounds {
     }
 
     fn median(&self, load: Load, kind: Kind, f: fn(&Measured) -> f64) -> f64 {
-        median(self.get(load, kind).iter().map(f).collect())
+        median(&self.get(load, kind).iter().map(f).collect::<Vec<_>>())
     }
 
     /// Median over rounds of (kind / floor) in the same round.
@@ -1108,7 +1102,13 @@ impl Rounds {
     fn ratio_to(&self, load: Load, kind: Kind, base: Kind, f: fn(&Measured) -> f64) -> f64 {
         let floor = self.get(load, base);
         let other = self.get(load, kind);
-        median(floor.iter().zip(other).map(|(a, b)| f(b) / f(a)).collect())
+        median(
+            &floor
+                .iter()
+                .zip(other)
+                .map(|(a, b)| f(b) / f(a))
+                .collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -1868,10 +1868,10 @@ fn layer_pass_through() -> LayerFigures {
         share.push((layered_ns - bare_ns).max(0.0) / request_ns);
     }
     LayerFigures {
-        bare_ns: median(b),
-        layered_ns: median(l),
-        request_ns: median(r),
-        share: median(share),
+        bare_ns: median(&b),
+        layered_ns: median(&l),
+        request_ns: median(&r),
+        share: median(&share),
     }
 }
 
@@ -1961,8 +1961,8 @@ fn pebble_section(rt: &tokio::runtime::Runtime, rounds: usize) {
             .await;
             issuances.push(breakdown(t0, t, proxy.take()));
         }
-        let med_direct = median(direct.clone());
-        let med_proxied = median(issuances.iter().map(|i| i.total_ms).collect());
+        let med_direct = median(&direct);
+        let med_proxied = median(&issuances.iter().map(|i| i.total_ms).collect::<Vec<_>>());
         println!("| figure | median | rounds |");
         println!("|---|---:|---|");
         println!(
@@ -1992,14 +1992,14 @@ fn pebble_section(rt: &tokio::runtime::Runtime, rounds: usize) {
                 .collect();
             println!(
                 "| … {phase} | {:.1} ms | {} |",
-                median(v.clone()),
+                median(&v),
                 v.iter()
                     .map(|x| format!("{x:.1}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
         }
-        let med = |f: fn(&Issuance) -> usize| median(issuances.iter().map(|i| f(i) as f64).collect());
+        let med = |f: fn(&Issuance) -> usize| median(&issuances.iter().map(|i| f(i) as f64).collect::<Vec<_>>());
         println!(
             "| HTTP requests to the CA per certificate | {:.0} | |",
             med(|i| i.requests)

@@ -22,6 +22,8 @@ mod harness;
 #[path = "support/mod.rs"]
 mod support;
 
+use support::median;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -326,20 +328,6 @@ fn print_table(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn list(v: &[f64]) -> String {

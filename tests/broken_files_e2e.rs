@@ -8,30 +8,15 @@ use std::future::IntoFuture;
 use std::time::Duration;
 
 use autotls::{AutoTls, CertState, Challenge};
+use support::cache_subdir;
 use support::client::{https_get, wait_for};
 use support::pebble::Pebble;
-
-fn slug_dir(pebble: &Pebble, root: &std::path::Path) -> std::path::PathBuf {
-    let slug: String = pebble
-        .directory_url()
-        .trim_start_matches("https://")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    root.join(slug)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_files_are_reissued_once_with_one_new_account() {
     let pebble = Pebble::start().await;
     let cache = tempfile::tempdir().expect("tempdir");
-    let dir = slug_dir(&pebble, cache.path());
+    let dir = cache_subdir(&pebble.directory_url(), cache.path());
     std::fs::create_dir_all(&dir).expect("mkdir");
     let names = ["a.test", "b.test", "c.test"];
     for name in names {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use autotls::{AutoTls, CertEvent, CertState, Challenge, Engine};
 use axum::routing::get;
 use axum::Router;
+use support::cache_subdir;
 use support::client::{http_get, https_get, wait_for};
 use support::pebble::{Pebble, PebbleOptions};
 use support::proxy::{Fault, FaultProxy, Mode, RetryAfter};
@@ -178,22 +179,6 @@ async fn hello(server: &Server, name: &str, root: &[u8]) -> Vec<u8> {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "Hello world");
     reply.leaf_der
-}
-
-/// The cache subdirectory the crate uses for a directory URL.
-fn cache_subdir(directory_url: &str, root: &Path) -> PathBuf {
-    let slug: String = directory_url
-        .trim_start_matches("https://")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    root.join(slug)
 }
 
 /// The wait after the `failures`th failure in a row, before jitter.

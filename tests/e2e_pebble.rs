@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use autotls::{AutoTls, CertState, Challenge, Engine};
 use axum::routing::get;
 use axum::Router;
+use support::cache_subdir;
 use support::client::{https_get, wait_for};
 use support::pebble::Pebble;
 use tokio::net::TcpListener;
@@ -267,28 +268,11 @@ fn nearly_due_certificate(name: &str) -> (String, Vec<u8>) {
     )
 }
 
-/// The cache subdirectory the crate uses for `pebble`'s directory URL.
-fn cache_subdir(pebble: &Pebble, root: &std::path::Path) -> std::path::PathBuf {
-    let slug: String = pebble
-        .directory_url()
-        .trim_start_matches("https://")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    root.join(slug)
-}
-
 async fn renewal_keeps_serving_the_old_certificate_until_the_new_one_is_deployed(engine: Engine) {
     let pebble = Pebble::start().await;
     let cache = tempfile::tempdir().expect("tempdir");
     let (old_pem, old_root) = nearly_due_certificate("a.test");
-    let subdir = cache_subdir(&pebble, cache.path());
+    let subdir = cache_subdir(&pebble.directory_url(), cache.path());
     std::fs::create_dir_all(&subdir).expect("mkdir");
     std::fs::write(subdir.join("a.test.pem"), old_pem).expect("plant the old certificate");
 

@@ -36,11 +36,7 @@ async fn the_hyper_example_gets_a_certificate_by_http_01_and_serves_verified_htt
 
 #[test]
 fn sigterm_stops_the_hyper_example_gracefully_with_exit_code_0() {
-    let cache = tempfile::tempdir().expect("tempdir");
-    let (mut child, port) = example_support::start_local("hyper", cache.path());
-    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the example listens");
-    let status = example_support::terminate(&mut child);
-    assert_eq!(status.code(), Some(0), "{status}");
+    example_support::assert_sigterm_exits_0("hyper");
 }
 
 #[test]

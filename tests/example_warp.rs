@@ -35,11 +35,7 @@ async fn the_warp_example_gets_a_certificate_by_tls_alpn_01_and_serves_verified_
 
 #[test]
 fn sigterm_stops_the_warp_example_gracefully_with_exit_code_0() {
-    let cache = tempfile::tempdir().expect("tempdir");
-    let (mut child, port) = example_support::start_local("warp", cache.path());
-    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the example listens");
-    let status = example_support::terminate(&mut child);
-    assert_eq!(status.code(), Some(0), "{status}");
+    example_support::assert_sigterm_exits_0("warp");
 }
 
 #[test]

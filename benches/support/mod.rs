@@ -234,3 +234,18 @@ async fn stalled_answer(req: Request<Incoming>, base: &str, nonce: u64) -> Respo
     }
     rsp
 }
+
+/// The median (`NaN` for no values): the middle value, or the mean of the two middle ones.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

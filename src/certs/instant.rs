@@ -27,13 +27,12 @@ use instant_acme::{
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
 
 use super::account_gate::AccountGate;
 use super::engine::{BoxFuture, Engine, ObtainError};
 use crate::cache::{Cache, ACCOUNT_KEY};
 use crate::config::{Challenge, Config};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::state::State;
 
 /// Polling the order: start at 50 ms, double, give up after a minute (Pebble and Let's
@@ -231,38 +230,7 @@ pub(crate) struct InstantAcme {
 
 impl InstantAcme {
     pub(crate) fn new(config: &Config, state: Arc<State>, cache: Cache) -> Result<Self, Error> {
-        let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        for pem in &config.directory_roots {
-            let mut reader = &pem[..];
-            let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
-            roots.add_parsable_certificates(certs);
-        }
-        if roots.is_empty() {
-            let detail = native
-                .errors
-                .first()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "no certificates found".to_owned());
-            return Err(Error::new(
-                ErrorKind::Certificate,
-                format!(
-                    "no trusted root certificates for the CA's HTTPS ({detail}) — install the ca-certificates package, set SSL_CERT_FILE, or copy a CA bundle into the image"
-                ),
-                detail,
-            ));
-        }
-        tracing::debug!(
-            system_roots = added,
-            extra = config.directory_roots.len(),
-            "trusted roots for the ACME directory"
-        );
-        let tls = rustls::ClientConfig::builder_with_provider(super::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup for the CA failed", e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = super::ca_client_config(config)?;
         Ok(Self {
             client: CaClient::new(tls, REQUEST_TIMEOUT),
             directory: config.directory.clone(),
@@ -607,7 +575,7 @@ mod tests {
         let tls = rustls::ClientConfig::builder_with_provider(crate::certs::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(RootCertStore::empty())
+            .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         CaClient::new(tls, timeout)
     }

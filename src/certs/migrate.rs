@@ -229,27 +229,16 @@ fn import_certificates(
 
 /// The DNS names of the first certificate in `pem`.
 fn leaf_dns_names(pem: &str) -> io::Result<Vec<String>> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let leaf = rustls_pemfile::certs(&mut pem.as_bytes())
         .next()
         .ok_or_else(|| invalid("no certificate".to_owned()))??;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| invalid(format!("the certificate cannot be parsed: {e}")))?;
-    let mut names: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names: Vec<String> = super::store::dns_names(&cert)
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .collect();
     names.dedup();
     Ok(names)
 }

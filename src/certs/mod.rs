@@ -22,10 +22,11 @@ pub(crate) use store::{CertStore, StoreResolver, ACME_TLS_ALPN};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::cache::Cache;
-use crate::config::AutoTls;
-use crate::error::Error;
+use crate::config::{AutoTls, Config};
+use crate::error::{Error, ErrorKind};
 
 /// Starts certificate management once (see [`AutoTls::start`]): first imports a rustls-acme
 /// cache when one was given, so that its certificates load like the crate's own.
@@ -62,4 +63,41 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
             Arc::new(provider)
         })
         .clone()
+}
+
+/// The TLS client config for the CA's HTTPS, both engines': the system's roots and the
+/// configured extra roots; a clear error when there are none at all.
+pub(crate) fn ca_client_config(config: &Config) -> Result<ClientConfig, Error> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (system, _) = roots.add_parsable_certificates(native.certs);
+    for pem in &config.directory_roots {
+        let mut reader = &pem[..];
+        let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
+        roots.add_parsable_certificates(certs);
+    }
+    if roots.is_empty() {
+        let detail = native
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no certificates found".to_owned());
+        return Err(Error::new(
+            ErrorKind::Certificate,
+            format!(
+                "no trusted root certificates for the CA's HTTPS ({detail}) — install the ca-certificates package, set SSL_CERT_FILE, or copy a CA bundle into the image"
+            ),
+            detail,
+        ));
+    }
+    tracing::debug!(
+        system_roots = system,
+        extra = config.directory_roots.len(),
+        "trusted roots for the ACME directory"
+    );
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup for the CA failed", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -42,7 +42,7 @@ use super::challenges::AnswerSource;
 use super::engine::{BoxFuture, Engine, ObtainError};
 use crate::cache::{Cache, ACCOUNT_KEY};
 use crate::config::{Challenge, Config};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::state::State;
 
 /// A whole order (rustls-acme waits 1 s, 2 s, 4 s ... between its polls and sets no request
@@ -69,7 +69,7 @@ pub(crate) struct RustlsAcme {
 impl RustlsAcme {
     pub(crate) fn new(config: &Config, state: Arc<State>, cache: Cache) -> Result<Self, Error> {
         Ok(Self {
-            client_config: Arc::new(ca_client_config(config)?),
+            client_config: Arc::new(super::ca_client_config(config)?),
             directory: config.directory.clone(),
             contact: config.contact.clone(),
             cache,
@@ -372,37 +372,6 @@ impl From<ObtainError> for Failure {
             bad_nonce: false,
         }
     }
-}
-
-/// Trust for the CA's HTTPS: the system's roots and the configured extra roots.
-fn ca_client_config(config: &Config) -> Result<ClientConfig, Error> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    for pem in &config.directory_roots {
-        let mut reader = &pem[..];
-        let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
-        roots.add_parsable_certificates(certs);
-    }
-    if roots.is_empty() {
-        let detail = native
-            .errors
-            .first()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "no certificates found".to_owned());
-        return Err(Error::new(
-            ErrorKind::Certificate,
-            format!(
-                "no trusted root certificates for the CA's HTTPS ({detail}) — install the ca-certificates package, set SSL_CERT_FILE, or copy a CA bundle into the image"
-            ),
-            detail,
-        ));
-    }
-    Ok(ClientConfig::builder_with_provider(super::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::new(ErrorKind::Certificate, "TLS setup for the CA failed", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// PKCS#8 DER as the `account-key.pem` both engines read.

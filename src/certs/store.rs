@@ -67,30 +67,37 @@ impl Deployed {
     }
 }
 
+/// The DNS names in a certificate's subject alternative names, as written there.
+pub(crate) fn dns_names<'a>(
+    cert: &'a x509_parser::certificate::X509Certificate<'_>,
+) -> Vec<&'a str> {
+    use x509_parser::extensions::GeneralName;
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(*d),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The leaf's validity; checks it names `name`.
 fn validity(
     leaf: &CertificateDer<'_>,
     name: Option<&str>,
 ) -> Result<(SystemTime, SystemTime), String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
     if let Some(name) = name {
-        let names: Vec<&str> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::DNSName(d) => Some(*d),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = dns_names(&cert);
         if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             return Err(format!("the certificate is for {names:?}, not {name}"));
         }

@@ -206,6 +206,15 @@ pub fn terminate(child: &mut Running) -> ExitStatus {
     }
 }
 
+/// Starts `name` in local mode, checks that it listens, sends SIGTERM and checks exit code 0.
+pub fn assert_sigterm_exits_0(name: &str) {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let (mut child, port) = start_local(name, cache.path());
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the example listens");
+    let status = terminate(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
 /// Runs `name` with a bad setting and checks the one-line error and exit code 2.
 pub fn assert_bad_configuration_exits_2(name: &str) {
     for (key, value, expected) in [

@@ -13,10 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use tempfile::TempDir;
 
 use super::client::{http_request, https_get};
@@ -378,38 +374,11 @@ fn loopback(port: u16) -> SocketAddr {
 /// Generates a CA and a leaf for `127.0.0.1` and `localhost`; writes the leaf and its key where
 /// the config points and the CA to `directory-root.pem`. Returns the CA's PEM.
 fn write_https_cert(dir: &Path) -> Vec<u8> {
-    let ca_key = KeyPair::generate().expect("generate the test CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("test CA parameters");
-    ca.distinguished_name
-        .push(DnType::CommonName, "autotls tests: Pebble HTTPS CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_pem = ca
-        .self_signed(&ca_key)
-        .expect("self-sign the test CA")
-        .pem();
-    let issuer = Issuer::new(ca, ca_key);
-
-    let leaf_key = KeyPair::generate().expect("generate Pebble's HTTPS key");
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("Pebble HTTPS certificate parameters");
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_pem = leaf
-        .signed_by(&leaf_key, &issuer)
-        .expect("sign Pebble's HTTPS certificate")
-        .pem();
-
-    std::fs::write(dir.join("cert.pem"), leaf_pem).expect("write Pebble's certificate");
-    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).expect("write Pebble's key");
-    std::fs::write(dir.join("directory-root.pem"), &ca_pem).expect("write the directory root");
-    ca_pem.into_bytes()
+    let cert = super::LocalhostCert::new("autotls tests: Pebble HTTPS CA");
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).expect("write Pebble's certificate");
+    std::fs::write(dir.join("key.pem"), cert.key.serialize_pem()).expect("write Pebble's key");
+    std::fs::write(dir.join("directory-root.pem"), &cert.ca_pem).expect("write the directory root");
+    cert.ca_pem.into_bytes()
 }
 
 fn config_json(dir: &Path, ports: &Ports, opts: &PebbleOptions) -> String {

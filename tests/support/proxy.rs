@@ -31,10 +31,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -625,31 +621,8 @@ fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<SystemTime>
 
 /// A throwaway CA and a certificate for `127.0.0.1` and `localhost` signed by it.
 fn server_config() -> (Vec<u8>, rustls::ServerConfig) {
-    let ca_key = KeyPair::generate().expect("generate the proxy's CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("proxy CA parameters");
-    ca.distinguished_name
-        .push(DnType::CommonName, "autotls tests: fault proxy CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_pem = ca
-        .self_signed(&ca_key)
-        .expect("self-sign the proxy CA")
-        .pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().expect("generate the proxy's key");
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("proxy certificate parameters");
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_pem = leaf
-        .signed_by(&leaf_key, &issuer)
-        .expect("sign the proxy's certificate")
-        .pem();
+    let cert = super::LocalhostCert::new("autotls tests: fault proxy CA");
+    let (ca_pem, leaf_pem, leaf_key) = (cert.ca_pem, cert.cert_pem, cert.key);
     let chain = certs_from_pem(leaf_pem.as_bytes()).expect("the proxy's certificate parses");
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let mut config = rustls::ServerConfig::builder_with_provider(super::provider())
