@@ -17,7 +17,7 @@ mod store;
 
 pub(crate) use challenges::{is_token, Challenges};
 pub use events::{CertEvent, CertState, CertStatus};
-pub(crate) use store::{CertStore, StoreResolver, ACME_TLS_ALPN};
+pub(crate) use store::{is_validation, CertStore, StoreResolver, ACME_TLS_ALPN};
 
 use std::sync::Arc;
 

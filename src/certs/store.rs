@@ -243,6 +243,14 @@ impl CertStore {
 /// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
 pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// A TLS-ALPN-01 validation connection: the client offers `acme-tls/1`, whatever else it
+/// offers.
+pub(crate) fn is_validation(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+}
+
 /// rustls's view of the store: the managed name's certificate, or for a client that offers
 /// `acme-tls/1` (a TLS-ALPN-01 validation connection) the pending validation certificate.
 #[derive(Debug)]
@@ -250,10 +258,7 @@ pub(crate) struct StoreResolver(pub(crate) Arc<crate::state::State>);
 
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let validation = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
-        if validation {
+        if is_validation(&hello) {
             let sni = hello.server_name()?;
             let name = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
             return self.0.challenges.tls_alpn_cert(&name);

@@ -12,7 +12,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use super::pending::Ticket;
 use super::TlsStream;
-use crate::certs::{CertState, ACME_TLS_ALPN};
+use crate::certs::{is_validation, CertState, ACME_TLS_ALPN};
 use crate::state::State;
 
 /// What every handshake of one listener shares (one `Arc` per connection).
@@ -126,9 +126,7 @@ impl Handshaker {
         };
         let hello = start.client_hello();
         let sni = hello.server_name().map(str::to_owned);
-        let validation = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        let validation = is_validation(&hello);
         // Validation connections are answered by the resolver without waiting.
         if !validation {
             let Some(slot) = self.state.store.slot_for_sni(sni.as_deref()) else {
